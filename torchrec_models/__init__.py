@@ -1,0 +1,1 @@
+"""TorchRec-sharded recommender training."""

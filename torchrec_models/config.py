@@ -1,0 +1,309 @@
+"""Typed run configuration: one dataclass per component, TOML presets, dotted overrides.
+
+Every mistake (unknown key, wrong type, impossible combination) raises ``ConfigError``
+naming the offending key, before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+ARCHS = ("dlrm", "dcn", "projection")
+SHARDING_TYPES = (
+    "data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise",
+)
+KERNELS = ("fused", "dense", "fused_uvm_caching")
+PRECISIONS = ("fp32", "bf16")
+EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+DENSE_OPTIMIZERS = ("adagrad", "sgd", "adam")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; the message names the key (or the file)."""
+
+    def __init__(self, key: str, problem: str, *, where: str = "config key") -> None:
+        super().__init__(f"{where} '{key}': {problem}")
+        self.key = key
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(choices)}")
+
+
+def _check_positive(key: str, value: int | float) -> None:
+    if value <= 0:
+        raise ConfigError(key, f"must be > 0, got {value}")
+
+
+def _check_sizes(key: str, values: list[int]) -> None:
+    if not values:
+        raise ConfigError(key, "must not be empty")
+    for v in values:
+        _check_positive(key, v)
+
+
+@dataclass
+class ModelConfig:
+    """The ranker: DLRM, DLRM-DCNv2 or DLRM-Projection over one table per sparse feature."""
+
+    arch: str = "dlrm"
+    embedding_dim: int = 16
+    num_embeddings_per_feature: list[int] = field(default_factory=lambda: [1000] * 4)
+    multi_hot_sizes: list[int] = field(default_factory=lambda: [1] * 4)
+    max_rows_per_table: int = 0  # 0 = no cap
+    dense_in_features: int = 13
+    bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
+    top_mlp: list[int] = field(default_factory=lambda: [64, 1])
+    dcn_num_layers: int = 3
+    dcn_low_rank_dim: int = 64
+    projection_branch1: list[int] = field(default_factory=lambda: [64, 32])
+    projection_branch2: list[int] = field(default_factory=lambda: [64, 32])
+
+    def __post_init__(self) -> None:
+        _check_choice("model.arch", self.arch, ARCHS)
+        _check_positive("model.embedding_dim", self.embedding_dim)
+        _check_sizes("model.num_embeddings_per_feature", self.num_embeddings_per_feature)
+        _check_sizes("model.multi_hot_sizes", self.multi_hot_sizes)
+        if len(self.multi_hot_sizes) != len(self.num_embeddings_per_feature):
+            raise ConfigError(
+                "model.multi_hot_sizes",
+                f"has {len(self.multi_hot_sizes)} entries but model.num_embeddings_per_feature "
+                f"has {len(self.num_embeddings_per_feature)}",
+            )
+        if self.max_rows_per_table < 0:
+            raise ConfigError("model.max_rows_per_table", "must be >= 0 (0 means no cap)")
+        _check_positive("model.dense_in_features", self.dense_in_features)
+        for key in ("bottom_mlp", "top_mlp", "projection_branch1", "projection_branch2"):
+            _check_sizes(f"model.{key}", getattr(self, key))
+        if self.bottom_mlp[-1] != self.embedding_dim:
+            raise ConfigError(
+                "model.bottom_mlp",
+                f"last layer {self.bottom_mlp[-1]} must equal model.embedding_dim {self.embedding_dim}",
+            )
+        if self.top_mlp[-1] != 1:
+            raise ConfigError("model.top_mlp", f"last layer must be 1 (one logit), got {self.top_mlp[-1]}")
+        _check_positive("model.dcn_num_layers", self.dcn_num_layers)
+        _check_positive("model.dcn_low_rank_dim", self.dcn_low_rank_dim)
+        for key in ("projection_branch1", "projection_branch2"):
+            if getattr(self, key)[-1] % self.embedding_dim:
+                raise ConfigError(
+                    f"model.{key}", f"last layer must be a multiple of model.embedding_dim {self.embedding_dim}"
+                )
+
+    @property
+    def num_sparse_features(self) -> int:
+        return len(self.num_embeddings_per_feature)
+
+    def table_rows(self) -> list[int]:
+        """Rows per table after ``max_rows_per_table`` is applied."""
+        cap = self.max_rows_per_table
+        return [min(n, cap) if cap else n for n in self.num_embeddings_per_feature]
+
+
+@dataclass
+class DataConfig:
+    """Where batches come from: the synthetic generator (default) or preprocessed Criteo files."""
+
+    kind: str = "synthetic"
+    path: str = ""
+    zipf_exponent: float = 1.05
+    variable_pooling: bool = False
+    label_noise: float = 0.0  # synthetic: fraction of labels flipped at random
+
+    def __post_init__(self) -> None:
+        _check_choice("data.kind", self.kind, ("synthetic", "criteo"))
+        if self.kind == "criteo" and not self.path:
+            raise ConfigError("data.path", "is required when data.kind = 'criteo'")
+        if self.zipf_exponent < 0:
+            raise ConfigError("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
+        if not 0.0 <= self.label_noise < 0.5:
+            raise ConfigError("data.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
+
+
+@dataclass
+class ShardingConfig:
+    """How tables are placed: the planner's choice, or one forced type for every table."""
+
+    type: str = ""  # empty = the planner's choice
+    kernel: str = "fused"
+    device: str = "auto"  # auto = cuda when available, else cpu
+    per_table: dict[str, str] = field(default_factory=dict)  # table name -> sharding type
+    hbm_gb: float = 0.0  # per-device memory cap for the planner; 0 = the device's own size
+    ddr_gb: float = 0.0  # per-host memory cap; 0 = the planner's default
+
+    def __post_init__(self) -> None:
+        if self.type:
+            _check_choice("sharding.type", self.type, SHARDING_TYPES)
+        _check_choice("sharding.kernel", self.kernel, KERNELS)
+        _check_choice("sharding.device", self.device, DEVICES)
+        for table, kind in self.per_table.items():
+            _check_choice(f"sharding.per_table.{table}", kind, SHARDING_TYPES)
+        if self.hbm_gb < 0 or self.ddr_gb < 0:
+            raise ConfigError("sharding.hbm_gb" if self.hbm_gb < 0 else "sharding.ddr_gb", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The loop: batch size per rank, steps, optimizers, LR schedule, precision, evaluation."""
+
+    batch_size: int = 256
+    steps: int = 200
+    seed: int = 0
+    lr: float = 0.05
+    embedding_lr: float = 0.0  # 0 = train.lr
+    dense_optimizer: str = "adagrad"
+    embedding_optimizer: str = "rowwise_adagrad"
+    warmup_steps: int = 0
+    decay_start: int = 0  # 0 = no decay
+    decay_steps: int = 0
+    precision: str = "fp32"
+    eval_every: int = 0  # 0 = only at the end
+    eval_steps: int = 10
+    log_every: int = 20
+    measure_after: int = 5  # steps left out of examples/s as warm-up
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "steps", "eval_steps", "log_every"):
+            _check_positive(f"train.{key}", getattr(self, key))
+        _check_positive("train.lr", self.lr)
+        for key in ("embedding_lr", "warmup_steps", "decay_start", "decay_steps", "eval_every",
+                    "measure_after", "seed"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
+        _check_choice("train.dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
+        _check_choice("train.embedding_optimizer", self.embedding_optimizer, EMBEDDING_OPTIMIZERS)
+        _check_choice("train.precision", self.precision, PRECISIONS)
+        if self.decay_start and not self.decay_steps:
+            raise ConfigError("train.decay_steps", "must be > 0 when train.decay_start is set")
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        tables = set(table_names(self.model.num_sparse_features))
+        for table in self.sharding.per_table:
+            if table not in tables:
+                raise ConfigError(f"sharding.per_table.{table}", f"no such table (tables: {sorted(tables)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def table_names(num_features: int) -> list[str]:
+    return [f"t_cat_{i}" for i in range(num_features)]
+
+
+def feature_names(num_features: int) -> list[str]:
+    return [f"cat_{i}" for i in range(num_features)]
+
+
+# ---------------------------------------------------------------- loading
+
+_SECTIONS = {f.name for f in dataclasses.fields(Config)}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Reads a TOML preset (or the defaults when ``path`` is None) and applies ``k=v`` overrides."""
+    raw: dict[str, Any] = read_toml(Path(path)) if path else {}
+    for item in overrides:
+        apply_override(raw, item)
+    return build_config(raw)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parses a TOML file; TOML is data only, so nothing in it is executed."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file", where="config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}", where="config file") from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Applies one ``section.key=value`` override; the value is read as a TOML literal, else a string."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(item, "an override must look like section.key=value", where="override")
+    parts = key.split(".")
+    if parts[0] not in _SECTIONS or len(parts) < 2:
+        raise ConfigError(key, f"unknown key (sections: {', '.join(sorted(_SECTIONS))})")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"'{part}' is not a table")
+        node = child
+    node[parts[-1]] = parse_value(text.strip())
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def build_config(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw, prefix="")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        key = prefix + name
+        if name not in known:
+            raise ConfigError(key, f"unknown key (known here: {', '.join(known)})")
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(key, "must be a table of keys")
+            kwargs[name] = _build(kind, value, key + ".")
+        else:
+            kwargs[name] = coerce(key, value, kind)
+    return cls(**kwargs)
+
+
+def coerce(key: str, value: Any, kind: Any) -> Any:
+    """Checks ``value`` against a field's type; ints are accepted for floats, nothing else converts."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list of {item.__name__}, got {_describe(value)}")
+        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a table, got {_describe(value)}")
+        return {k: coerce(f"{key}.{k}", v, item) for k, v in value.items()}
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(key, f"expected {kind.__name__}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,28 @@
+"""Chooses the batch source named by ``data.kind`` and hands each rank its slice."""
+from __future__ import annotations
+
+from typing import Iterator
+
+from torchrec.datasets.utils import Batch
+
+from torchrec_models.config import Config, ConfigError
+from torchrec_models.data.synthetic import EVAL_STREAM, TRAIN_STREAM, SyntheticData, SyntheticSpec, rank_batches
+
+
+class SyntheticSource:
+    """Train and eval streams of the synthetic generator."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.data = SyntheticData(SyntheticSpec.from_config(cfg))
+
+    def train_batches(self, rank: int, batch_size: int, steps: range) -> Iterator[Batch]:
+        return rank_batches(self.data, rank, batch_size, steps, TRAIN_STREAM)
+
+    def eval_batches(self, rank: int, batch_size: int, steps: range) -> Iterator[Batch]:
+        return rank_batches(self.data, rank, batch_size, steps, EVAL_STREAM)
+
+
+def make_source(cfg: Config):
+    if cfg.data.kind == "synthetic":
+        return SyntheticSource(cfg)
+    raise ConfigError("data.kind", f"{cfg.data.kind!r} has no reader in this build")

@@ -1,0 +1,138 @@
+"""The embedded default data set: deterministic, Zipf-skewed, with labels from a planted teacher.
+
+Every value is a function of (seed, stream, step, global example index, slot), so rank r
+of W makes rows [r*B, (r+1)*B) of the global batch of step s, and one process with batch
+W*B makes the same global batch. Labels come from a fixed teacher (per-id scores, dense
+weights and pairwise feature interactions), so there is something to learn.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torchrec.datasets.utils import Batch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_models.config import Config, feature_names
+from torchrec_models.data.hashing import hash_coords, uniform
+
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+_ID_SCRAMBLE = 2654435761  # prime; makes hot ids land anywhere in a table
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What the generator needs to know, taken from the run config."""
+
+    seed: int
+    table_rows: tuple[int, ...]
+    pooling: tuple[int, ...]
+    dense_features: int
+    zipf_exponent: float
+    variable_pooling: bool
+    label_noise: float
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "SyntheticSpec":
+        return cls(
+            seed=cfg.train.seed,
+            table_rows=tuple(cfg.model.table_rows()),
+            pooling=tuple(cfg.model.multi_hot_sizes),
+            dense_features=cfg.model.dense_in_features,
+            zipf_exponent=cfg.data.zipf_exponent,
+            variable_pooling=cfg.data.variable_pooling,
+            label_noise=cfg.data.label_noise,
+        )
+
+
+class SyntheticData:
+    """Makes any row range of the global batch of any step, train or eval stream."""
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        self.spec = spec
+        self.keys = feature_names(len(spec.table_rows))
+        teacher = torch.Generator().manual_seed(spec.seed * 7919 + 17)
+        f = len(spec.table_rows)
+        self._id_weight = torch.randn(f, generator=teacher, dtype=torch.float64) * 2.0 / math.sqrt(f)
+        self._dense_weight = torch.randn(spec.dense_features, generator=teacher, dtype=torch.float64)
+        self._dense_weight *= 1.5 / math.sqrt(spec.dense_features)
+        self._pair_weight = torch.randn(f, generator=teacher, dtype=torch.float64) * 1.5 / math.sqrt(f)
+
+    def batch(self, step: int, start: int, stop: int, stream: int = TRAIN_STREAM) -> Batch:
+        """Rows [start, stop) of the global batch of ``step``."""
+        rows = torch.arange(start, stop, dtype=torch.int64)
+        key = (self.spec.seed, stream, step)
+        dense = self._dense(key, rows)
+        lengths, ids, pooled_scores = self._sparse(key, rows)
+        labels = self._labels(key, rows, dense, pooled_scores)
+        kjt = KeyedJaggedTensor.from_lengths_sync(keys=self.keys, values=ids, lengths=lengths)
+        return Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels)
+
+    def _dense(self, key: tuple[int, int, int], rows: torch.Tensor) -> torch.Tensor:
+        cols = torch.arange(self.spec.dense_features)
+        u = uniform(*key, 0, rows[:, None], cols[None, :])
+        return torch.log1p(-torch.log(u))  # log(1 + Exp(1)) counts, like Criteo's transformed dense
+
+    def _sparse(self, key, rows):
+        """Key-major lengths and ids, and each example's mean teacher score per feature.
+
+        Features that share a pooling size are drawn together, as one [rows, features, slots] grid.
+        """
+        num_features = len(self.spec.table_rows)
+        lengths_by_f: list = [None] * num_features
+        ids_by_f: list = [None] * num_features
+        scores = torch.empty(len(rows), num_features, dtype=torch.float64)
+        for pooling, group in self._pooling_groups():
+            f = torch.tensor(group)[None, :, None]
+            n_rows = torch.tensor([self.spec.table_rows[i] for i in group])[None, :, None]
+            slots = torch.arange(pooling)[None, None, :]
+            r = rows[:, None, None]
+            if self.spec.variable_pooling:
+                lengths = 1 + hash_coords(*key, 1, f, r) % pooling  # [rows, group, 1]
+            else:
+                lengths = torch.full((len(rows), len(group), 1), pooling, dtype=torch.int64)
+            mask = slots < lengths
+            ids = self._zipf_ids(uniform(*key, 2, f, r, slots), n_rows)
+            id_scores = (uniform(self.spec.seed, 3, f, ids) * 2.0 - 1.0) * mask
+            scores[:, group] = id_scores.sum(2) / lengths[..., 0]
+            for j, feature in enumerate(group):
+                lengths_by_f[feature] = lengths[:, j, 0]
+                ids_by_f[feature] = ids[:, j][mask[:, j]]
+        return torch.cat(lengths_by_f), torch.cat(ids_by_f), scores
+
+    def _pooling_groups(self) -> list[tuple[int, list[int]]]:
+        groups: dict[int, list[int]] = {}
+        for feature, pooling in enumerate(self.spec.pooling):
+            groups.setdefault(pooling, []).append(feature)
+        return sorted(groups.items())
+
+    def _zipf_ids(self, u: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
+        """Inverse-CDF draw from a continuous power law over [1, n+1), then a fixed scramble."""
+        a = self.spec.zipf_exponent
+        n = n_rows.double()
+        if abs(a - 1.0) < 1e-9:
+            x = torch.pow(n + 1.0, u)
+        else:
+            top = torch.pow(n + 1.0, 1.0 - a)
+            x = torch.pow((top - 1.0) * u + 1.0, 1.0 / (1.0 - a))
+        rank = torch.minimum((x.floor().long() - 1).clamp_(min=0), n_rows - 1)
+        return (rank * _ID_SCRAMBLE + 12345) % n_rows
+
+    def _labels(self, key, rows, dense, scores) -> torch.Tensor:
+        logit = scores @ self._id_weight + (dense - dense.new_tensor(0.6)) @ self._dense_weight
+        logit = logit + (scores * scores.roll(1, dims=1)) @ self._pair_weight * 4.0
+        label = (uniform(*key, 4, rows) < torch.sigmoid(logit)).long()
+        if self.spec.label_noise:
+            flip = uniform(*key, 5, rows) < self.spec.label_noise
+            label = torch.where(flip, 1 - label, label)
+        return label
+
+
+def rank_batches(
+    data: SyntheticData, rank: int, batch_size: int, steps: range, stream: int = TRAIN_STREAM
+) -> Iterator[Batch]:
+    """This rank's slice of the global batch for each step."""
+    for step in steps:
+        yield data.batch(step, rank * batch_size, (rank + 1) * batch_size, stream)

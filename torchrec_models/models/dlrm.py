@@ -1,0 +1,75 @@
+"""DLRM, DLRM-DCNv2 and DLRM-Projection from torchrec.models.dlrm, wrapped for training.
+
+Tables are built on the meta device (the sharder materializes only each rank's shards);
+the dense part is built on the training device from a seeded generator, so the same
+seed gives the same dense weights whatever the world size or plan.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchrec.datasets.utils import Batch
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from torchrec_models.config import ModelConfig
+from torchrec_models.tables import embedding_bag_configs
+
+
+class RankingModel(nn.Module):
+    """Wraps a DLRM-family module: batch in, (loss, (loss, logits, labels)) out.
+
+    ``autocast_dtype`` (bf16) covers the dense part; tables, loss and optimizer state stay fp32.
+    """
+
+    def __init__(self, dlrm: DLRM, device_type: str, autocast_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.model = dlrm
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.device_type = device_type  # fixed here: the pipeline traces forward symbolically
+        self.autocast_dtype = autocast_dtype
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.logits(batch)
+        loss = self.loss_fn(logits, batch.labels.float())
+        return loss, (loss.detach(), logits.detach(), batch.labels.detach())
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
+            logits = self.model(batch.dense_features, batch.sparse_features)
+        return logits.float().squeeze(-1)
+
+
+def build_model(
+    cfg: ModelConfig,
+    dense_device: torch.device,
+    seed: int,
+    autocast_dtype: torch.dtype | None = None,
+    table_device: torch.device | str = "meta",
+) -> RankingModel:
+    """Builds the ranker with tables on ``table_device`` and a seeded dense part on ``dense_device``."""
+    ebc = EmbeddingBagCollection(tables=embedding_bag_configs(cfg), device=torch.device(table_device))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dlrm = _build_dlrm(cfg, ebc, dense_device)
+    return RankingModel(dlrm, torch.device(dense_device).type, autocast_dtype)
+
+
+def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: torch.device) -> DLRM:
+    common = dict(
+        embedding_bag_collection=ebc,
+        dense_in_features=cfg.dense_in_features,
+        dense_arch_layer_sizes=list(cfg.bottom_mlp),
+        over_arch_layer_sizes=list(cfg.top_mlp),
+        dense_device=dense_device,
+    )
+    if cfg.arch == "dcn":
+        return DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
+    if cfg.arch == "projection":
+        return DLRM_Projection(
+            **common,
+            interaction_branch1_layer_sizes=list(cfg.projection_branch1),
+            interaction_branch2_layer_sizes=list(cfg.projection_branch2),
+        )
+    return DLRM(**common)

@@ -1,0 +1,14 @@
+"""Silences library chatter that says nothing about the user's run."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+def quiet_library_noise() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
+    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    for name in ("torchrec", "torch.fx", "torch.distributed.elastic", "fbgemm_gpu", "torchx"):
+        logging.getLogger(name).setLevel(logging.ERROR)

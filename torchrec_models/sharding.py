@@ -1,0 +1,186 @@
+"""Sharding plans: the torchrec planner on a topology from the config, or a hand-built plan.
+
+``sharding.type`` unset leaves every choice to the planner; set, it forces one type (and
+``sharding.per_table`` one type per table). The planner proposes data_parallel, table_wise,
+column_wise and table_column_wise on CPU; row_wise and table_row_wise are built by hand
+there (they run fine on gloo) and their memory estimate still comes from the planner.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_row_wise
+from torchrec.distributed.types import ShardingPlan, ShardingType
+
+from torchrec_models.config import Config, ConfigError, table_names
+from torchrec_models.train.optim import fused_params
+
+EBC_PATH = "model.sparse_arch.embedding_bag_collection"
+GIB = 1024**3
+HAND_BUILT_ON_CPU = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value}
+
+
+class CpuRowWiseSharder(EmbeddingBagCollectionSharder):
+    """An EBC sharder that also offers row_wise / table_row_wise on CPU (used for estimates)."""
+
+    def sharding_types(self, compute_device_type: str) -> list[str]:
+        types = super().sharding_types(compute_device_type)
+        return types + sorted(HAND_BUILT_ON_CPU - set(types))
+
+
+@dataclass
+class PlanResult:
+    """The plan DMP uses, how it was made, and the planner's per-rank memory estimate (rank 0)."""
+
+    plan: ShardingPlan
+    source: str
+    estimate: list[dict[str, int]] | None
+
+
+def table_types(cfg: Config) -> dict[str, str]:
+    """The forced sharding type per table ('' where the planner chooses)."""
+    names = table_names(cfg.model.num_sparse_features)
+    return {t: cfg.sharding.per_table.get(t, cfg.sharding.type) for t in names}
+
+
+def kernel_for(sharding_type: str, kernel: str) -> str:
+    """Data-parallel tables always use the dense kernel (replicas updated like dense weights)."""
+    return EmbeddingComputeKernel.DENSE.value if sharding_type == ShardingType.DATA_PARALLEL.value else kernel
+
+
+def validate_for_device(cfg: Config, device_type: str) -> None:
+    """Rejects combinations the device cannot run, naming the key."""
+    if device_type != "cuda" and cfg.sharding.kernel == "fused_uvm_caching":
+        raise ConfigError("sharding.kernel", "fused_uvm_caching needs a CUDA device")
+
+
+def make_topology(cfg: Config, world_size: int, local_world_size: int, device_type: str) -> Topology:
+    kwargs: dict[str, Any] = {}
+    if cfg.sharding.hbm_gb:
+        kwargs["hbm_cap"] = int(cfg.sharding.hbm_gb * GIB)
+    if cfg.sharding.ddr_gb:
+        kwargs["ddr_cap"] = int(cfg.sharding.ddr_gb * GIB)
+    return Topology(
+        world_size=world_size, local_world_size=local_world_size, compute_device=device_type, **kwargs
+    )
+
+
+def make_sharders(cfg: Config, extend_cpu: bool = False) -> list[EmbeddingBagCollectionSharder]:
+    cls = CpuRowWiseSharder if extend_cpu else EmbeddingBagCollectionSharder
+    return [cls(fused_params=fused_params(cfg.train))]
+
+
+def constraints(cfg: Config) -> dict[str, ParameterConstraints]:
+    """Per-table constraints: the forced type (if any) and the kernel."""
+    out = {}
+    for table, kind in table_types(cfg).items():
+        kernels = [kernel_for(kind, cfg.sharding.kernel)] if kind else None
+        if not kind:
+            kernels = [cfg.sharding.kernel, EmbeddingComputeKernel.DENSE.value]
+        out[table] = ParameterConstraints(sharding_types=[kind] if kind else None, compute_kernels=kernels)
+    return out
+
+
+def make_plan(
+    cfg: Config, model: nn.Module, world_size: int, local_world_size: int, device_type: str,
+    pg: dist.ProcessGroup | None = None,
+) -> PlanResult:
+    """Plans ``model`` (tables on meta); with ``pg`` rank 0 plans and broadcasts."""
+    validate_for_device(cfg, device_type)
+    topology = make_topology(cfg, world_size, local_world_size, device_type)
+    hand_built = device_type != "cuda" and any(t in HAND_BUILT_ON_CPU for t in table_types(cfg).values())
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints(cfg))
+    sharders = make_sharders(cfg, extend_cpu=hand_built)
+    if pg is not None and dist.get_world_size(pg) > 1:
+        planned = planner.collective_plan(model, sharders, pg)
+    else:
+        planned = planner.plan(model, sharders)
+    estimate = per_rank_estimate(planner, world_size)
+    if not hand_built:
+        return PlanResult(planned, "planner", estimate)
+    plan = hand_built_plan(cfg, model, world_size, local_world_size, device_type)
+    return PlanResult(plan, "hand-built (estimate from the planner)", estimate)
+
+
+def hand_built_plan(
+    cfg: Config, model: nn.Module, world_size: int, local_world_size: int, device_type: str
+) -> ShardingPlan:
+    """Every table gets its forced type through torchrec's sharding-plan helpers."""
+    from torchrec.distributed.sharding_plan import column_wise, data_parallel, table_wise
+
+    ebc = model.get_submodule(EBC_PATH)
+    kernel = cfg.sharding.kernel
+    generators = {}
+    for i, (table, kind) in enumerate(table_types(cfg).items()):
+        if kind == ShardingType.TABLE_COLUMN_WISE.value:
+            raise ConfigError(
+                f"sharding.per_table.{table}", "table_column_wise cannot be mixed with row-wise types on CPU"
+            )
+        generators[table] = {
+            "data_parallel": lambda: data_parallel(),
+            "table_wise": lambda: table_wise(rank=i % world_size, compute_kernel=kernel),
+            "column_wise": lambda: column_wise(ranks=list(range(world_size)), compute_kernel=kernel),
+            "row_wise": lambda: row_wise(compute_kernel=kernel),
+            "table_row_wise": lambda: table_row_wise(host_index=0),
+            "": lambda: table_wise(rank=i % world_size, compute_kernel=kernel),
+        }[kind]()
+    module_plan = construct_module_sharding_plan(
+        ebc, generators, sharder=make_sharders(cfg, extend_cpu=True)[0],
+        local_size=local_world_size, world_size=world_size, device_type=device_type,
+    )
+    for table, sharding in module_plan.items():
+        sharding.compute_kernel = kernel_for(sharding.sharding_type, kernel)
+    return ShardingPlan({EBC_PATH: module_plan})
+
+
+def per_rank_estimate(planner: EmbeddingShardingPlanner, world_size: int) -> list[dict[str, int]] | None:
+    """The planner's storage estimate (bytes) per rank, from the plan it chose."""
+    best = getattr(planner, "_best_plan", None)
+    if not best:
+        return None
+    ranks = [{"rank": r, "hbm_bytes": 0, "ddr_bytes": 0} for r in range(world_size)]
+    for option in best:
+        for shard in option.shards:
+            if shard.rank is None or shard.storage is None:
+                continue
+            ranks[shard.rank]["hbm_bytes"] += int(shard.storage.hbm)
+            ranks[shard.rank]["ddr_bytes"] += int(shard.storage.ddr)
+    return ranks
+
+
+def describe_plan(plan: ShardingPlan) -> dict[str, dict[str, Any]]:
+    """table -> {sharding_type, compute_kernel, ranks, shards: [[rank, offsets, sizes], ...]}."""
+    out = {}
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():
+            shards = []
+            if ps.sharding_spec is not None:
+                for s in ps.sharding_spec.shards:
+                    shards.append([s.placement.rank(), list(s.shard_offsets), list(s.shard_sizes)])
+            out[table] = {
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": sorted(set(ps.ranks)) if ps.ranks else [],
+                "shards": shards,
+            }
+    return out
+
+
+def format_plan(described: dict[str, dict[str, Any]], estimate: list[dict[str, int]] | None) -> str:
+    """A short human-readable table of the plan and the per-rank estimate."""
+    lines = [f"{'table':<12} {'sharding':<18} {'kernel':<18} ranks"]
+    for table, d in described.items():
+        ranks = ",".join(map(str, d["ranks"])) or "all"
+        lines.append(f"{table:<12} {d['sharding_type']:<18} {d['compute_kernel']:<18} {ranks}")
+    for r in estimate or []:
+        lines.append(
+            f"rank {r['rank']}: planner estimate hbm {r['hbm_bytes'] / 2**20:.1f} MiB, "
+            f"ddr {r['ddr_bytes'] / 2**20:.1f} MiB"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""Evaluation metrics from torchrec.metrics: AUC, NE and logloss over all ranks' predictions."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchrec.metrics.auc import AUCMetric
+from torchrec.metrics.metrics_config import RecTaskInfo
+from torchrec.metrics.ne import NEMetric
+
+TASK = RecTaskInfo(name="ctr", label_name="label", prediction_name="prediction", weight_name="weight")
+
+
+class EvalMetrics:
+    """Accumulates one evaluation pass; ``compute`` reduces across ranks (a collective)."""
+
+    def __init__(self, world_size: int, rank: int, batch_size: int, num_batches: int) -> None:
+        window = max(1, world_size * batch_size * num_batches)
+        common = dict(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=[TASK],
+                      window_size=window, compute_on_all_ranks=True)
+        self.auc = AUCMetric(**common)
+        self.ne = NEMetric(**common, include_logloss=True)
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        preds = torch.sigmoid(logits.detach().float())
+        kwargs = dict(
+            predictions={TASK.name: preds},
+            labels={TASK.name: labels.float()},
+            weights={TASK.name: torch.ones_like(preds)},
+        )
+        self.auc.update(**kwargs)
+        self.ne.update(**kwargs)
+
+    def compute(self) -> dict[str, float]:
+        values = {**self.auc.compute(), **self.ne.compute()}
+        return {
+            "auc": _pick(values, "window_auc"),  # the window spans the whole pass
+            "ne": _pick(values, "lifetime_ne"),
+            # torchrec reports cross entropy in bits; nats match the training loss.
+            "logloss": _pick(values, "lifetime_logloss") * math.log(2.0),
+        }
+
+
+def _pick(values: dict[str, torch.Tensor], suffix: str) -> float:
+    for key, value in values.items():
+        if key.endswith(suffix):
+            return float(value)
+    raise KeyError(f"torchrec.metrics returned no '{suffix}' (got {sorted(values)})")

@@ -1,0 +1,51 @@
+"""What a run leaves in its directory: plan.json, config.json, metrics.jsonl, tb/, summary.json.
+
+Only rank 0 writes. Files are written whole (temporary name, then rename), so a reader never
+sees half a file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+class RunWriter:
+    """metrics.jsonl lines and TensorBoard scalars for rank 0; a no-op elsewhere."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled and run_dir is not None
+        self._metrics = None
+        self._tb = None
+        if self.enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._metrics = (run_dir / "metrics.jsonl").open("a")
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(run_dir / "tb"))
+
+    def log(self, step: int, kind: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._metrics.write(json.dumps({"step": step, "kind": kind, **values}) + "\n")
+        self._metrics.flush()
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                self._tb.add_scalar(f"{kind}/{name}", value, step)
+
+    def write(self, name: str, obj: Any) -> None:
+        if self.enabled:
+            write_json(self.run_dir / name, obj)
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._tb.close()

@@ -1,0 +1,167 @@
+"""The training loop: pipelined sparse-dist steps, LR schedule, periodic evaluation, logging."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from tqdm import tqdm
+
+from torchrec_models import runinfo
+from torchrec_models.config import Config
+from torchrec_models.data.source import make_source
+from torchrec_models.distributed import DistEnv
+from torchrec_models.sharded_model import build_sharded_model
+from torchrec_models.sharding import describe_plan, format_plan
+from torchrec_models.train.metrics import EvalMetrics
+from torchrec_models.train.optim import LRSchedule, build_optimizer
+from torchrec_models.train.outputs import RunWriter
+from torchrec_models.train.throughput import ThroughputMeter
+
+
+def segments(steps: int, every: int) -> list[tuple[int, int]]:
+    """[start, stop) step ranges between evaluations."""
+    every = every or steps
+    return [(s, min(steps, s + every)) for s in range(0, steps, every)]
+
+
+class Trainer:
+    """Owns the sharded model, optimizer, pipeline and data for one run."""
+
+    def __init__(self, cfg: Config, env: DistEnv, run_dir: Path | None = None) -> None:
+        self.cfg, self.env = cfg, env
+        self.model, self.planned = build_sharded_model(cfg, env)
+        self.plan = describe_plan(self.planned.plan)
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.schedule = LRSchedule(self.optimizer, cfg.train)
+        self.source = make_source(cfg)
+        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device, execute_all_batches=True)
+        self.writer = RunWriter(run_dir, env.is_main)
+        self.global_batch = cfg.train.batch_size * env.world_size
+        self.losses: list[float] = []
+        self.history: list[dict[str, Any]] = []
+
+    def announce_plan(self) -> None:
+        if self.env.is_main:
+            print(format_plan(self.plan, self.planned.estimate), flush=True)
+            self.writer.write("plan.json", {
+                "source": self.planned.source, "tables": self.plan, "estimate_per_rank": self.planned.estimate,
+            })
+            self.writer.write("config.json", self.cfg.to_dict())
+
+    def fit(self) -> dict[str, Any]:
+        """Trains ``train.steps`` steps, evaluating every ``train.eval_every`` and at the end."""
+        t = self.cfg.train
+        meter = ThroughputMeter(self.global_batch, t.measure_after, t.log_every, self.env.device)
+        bar = tqdm(total=t.steps, disable=not self.env.is_main, desc="train", unit="step", dynamic_ncols=True)
+        evaluation: dict[str, float] = {}
+        for start, stop in segments(t.steps, t.eval_every):
+            self._train_segment(start, stop, meter, bar)
+            evaluation = self.evaluate(stop)
+            meter.pause()
+        bar.close()
+        return self._summary(meter, evaluation)
+
+    def _train_segment(self, start: int, stop: int, meter: ThroughputMeter, bar: tqdm) -> None:
+        t = self.cfg.train
+        batches = self.source.train_batches(self.env.rank, t.batch_size, range(start, stop))
+        window_loss, window_steps = torch.zeros((), device=self.env.device), 0
+        for step in range(start, stop):
+            factor = self.schedule.apply(step)
+            loss, _, _ = self.pipeline.progress(batches)
+            window_loss += loss
+            window_steps += 1
+            meter.step_done(step)
+            bar.update(1)
+            if (step + 1) % t.log_every == 0 or step + 1 == stop:
+                mean_loss = float(window_loss) / window_steps
+                self.losses.append(mean_loss)
+                self._log_train(step + 1, mean_loss, factor, meter, bar)
+                window_loss.zero_()
+                window_steps = 0
+
+    def _log_train(self, step: int, loss: float, factor: float, meter: ThroughputMeter, bar: tqdm) -> None:
+        rate = meter.rates[-1] if meter.rates else None
+        bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:,.0f}" if rate else "-")
+        values = {"loss": loss, "lr_factor": factor}
+        if rate:
+            values["examples_per_sec"] = rate
+        self.writer.log(step, "train", values)
+        self.history.append({"step": step, **values})
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """AUC, NE and logloss over ``train.eval_steps`` held-out batches on every rank."""
+        t = self.cfg.train
+        model = self.pipeline.detach()
+        model.eval()
+        metrics = EvalMetrics(self.env.world_size, self.env.rank, t.batch_size, t.eval_steps)
+        for batch in self.source.eval_batches(self.env.rank, t.batch_size, range(t.eval_steps)):
+            _, (_, logits, labels) = model(batch.to(self.env.device))
+            metrics.update(logits, labels)
+        result = metrics.compute()
+        model.train()
+        self.writer.log(step, "eval", result)
+        if self.env.is_main:
+            tqdm.write(f"eval @ step {step}: auc {result['auc']:.4f}  ne {result['ne']:.4f}  "
+                       f"logloss {result['logloss']:.4f}")
+        return result
+
+    def _summary(self, meter: ThroughputMeter, evaluation: dict[str, float]) -> dict[str, Any]:
+        rss = _gather(runinfo.peak_rss_bytes())
+        device_peak = _gather(runinfo.peak_device_bytes(self.env.device))
+        final_loss = _mean_over_ranks(self.losses[-1] if self.losses else float("nan"), self.env.device)
+        return {
+            "world_size": self.env.world_size,
+            "steps": self.cfg.train.steps,
+            "global_batch_size": self.global_batch,
+            "examples_per_sec": meter.median(),
+            "examples_per_sec_percentiles": meter.percentiles(),
+            "measured_windows": len(meter.rates),
+            "final_train_loss": final_loss,
+            "eval": evaluation,
+            "peak_rss_bytes": rss,
+            "peak_device_bytes": device_peak,
+            "plan": {t: {k: v for k, v in d.items() if k != "shards"} for t, d in self.plan.items()},
+            "plan_source": self.planned.source,
+            "memory_estimate_per_rank": self.planned.estimate,
+            "config": self.cfg.to_dict(),
+            "versions": runinfo.versions(),
+            "git_sha": runinfo.git_sha(),
+            "hardware": runinfo.hardware(),
+            "device": str(self.env.device),
+            "backend": self.env.backend,
+        }
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _gather(value: Any) -> list[Any]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return float(t)
+
+
+def run_training(cfg: Config, env: DistEnv, run_dir: Path | None) -> dict[str, Any]:
+    """Builds, trains, evaluates; rank 0 writes ``summary.json``. Returns the summary."""
+    trainer = Trainer(cfg, env, run_dir)
+    try:
+        trainer.announce_plan()
+        summary = trainer.fit()
+        trainer.writer.write("summary.json", summary)
+        return summary
+    finally:
+        trainer.close()
