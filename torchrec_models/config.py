@@ -138,6 +138,7 @@ class ShardingConfig:
     kernel: str = "fused"
     device: str = "auto"  # auto = cuda when available, else cpu
     per_table: dict[str, str] = field(default_factory=dict)  # table name -> sharding type
+    min_partition: int = 0  # smallest column shard for column-wise types; 0 = the planner's default
     hbm_gb: float = 0.0  # per-device memory cap for the planner; 0 = the device's own size
     ddr_gb: float = 0.0  # per-host memory cap; 0 = the planner's default
 
@@ -148,6 +149,8 @@ class ShardingConfig:
         _check_choice("sharding.device", self.device, DEVICES)
         for table, kind in self.per_table.items():
             _check_choice(f"sharding.per_table.{table}", kind, SHARDING_TYPES)
+        if self.min_partition < 0:
+            raise ConfigError("sharding.min_partition", "must be >= 0")
         if self.hbm_gb < 0 or self.ddr_gb < 0:
             raise ConfigError("sharding.hbm_gb" if self.hbm_gb < 0 else "sharding.ddr_gb", "must be >= 0")
 
@@ -197,6 +200,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        part = self.sharding.min_partition
+        if part and self.model.embedding_dim % part:
+            raise ConfigError(
+                "sharding.min_partition", f"{part} must divide model.embedding_dim {self.model.embedding_dim}"
+            )
         tables = set(table_names(self.model.num_sparse_features))
         for table in self.sharding.per_table:
             if table not in tables:

@@ -83,7 +83,10 @@ def constraints(cfg: Config) -> dict[str, ParameterConstraints]:
         kernels = [kernel_for(kind, cfg.sharding.kernel)] if kind else None
         if not kind:
             kernels = [cfg.sharding.kernel, EmbeddingComputeKernel.DENSE.value]
-        out[table] = ParameterConstraints(sharding_types=[kind] if kind else None, compute_kernels=kernels)
+        extra = {"min_partition": cfg.sharding.min_partition} if cfg.sharding.min_partition else {}
+        out[table] = ParameterConstraints(
+            sharding_types=[kind] if kind else None, compute_kernels=kernels, **extra
+        )
     return out
 
 

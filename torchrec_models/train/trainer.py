@@ -1,6 +1,7 @@
 """The training loop: pipelined sparse-dist steps, LR schedule, periodic evaluation, logging."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +56,23 @@ class Trainer:
         """Trains ``train.steps`` steps, evaluating every ``train.eval_every`` and at the end."""
         t = self.cfg.train
         meter = ThroughputMeter(self.global_batch, t.measure_after, t.log_every, self.env.device)
-        bar = tqdm(total=t.steps, disable=not self.env.is_main, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=t.steps, disable=not self.env.is_main, desc="train", unit="step",
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
         evaluation: dict[str, float] = {}
         for start, stop in segments(t.steps, t.eval_every):
-            self._train_segment(start, stop, meter, bar)
+            self.train_steps(start, stop, meter, bar)
             evaluation = self.evaluate(stop)
             meter.pause()
         bar.close()
         return self._summary(meter, evaluation)
 
-    def _train_segment(self, start: int, stop: int, meter: ThroughputMeter, bar: tqdm) -> None:
+    def train_steps(
+        self, start: int, stop: int, meter: ThroughputMeter | None = None, bar: tqdm | None = None
+    ) -> None:
+        """Runs steps [start, stop); the pipeline is drained when this returns."""
         t = self.cfg.train
+        meter = meter or ThroughputMeter(self.global_batch, t.measure_after, t.log_every, self.env.device)
+        bar = bar or tqdm(disable=True)
         batches = self.source.train_batches(self.env.rank, t.batch_size, range(start, stop))
         window_loss, window_steps = torch.zeros((), device=self.env.device), 0
         for step in range(start, stop):

@@ -1,0 +1,34 @@
+"""What each rank runs: join the process group, train, tear down. Thin by design."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchrec_models.config import Config, ConfigError, load_config
+from torchrec_models.quiet import quiet_library_noise
+
+
+def preflight(cfg: Config, nproc: int) -> None:
+    """Checks what can be checked before any process starts or any file is written."""
+    from torchrec_models.sharding import validate_for_device
+
+    wants_cuda = cfg.sharding.device == "cuda" or (cfg.sharding.device == "auto" and torch.cuda.is_available())
+    if wants_cuda and not torch.cuda.is_available():
+        raise ConfigError("sharding.device", "'cuda' requested but no CUDA device is visible")
+    if wants_cuda and nproc > torch.cuda.device_count():
+        raise ConfigError("--nproc-per-node", f"{nproc} ranks but {torch.cuda.device_count()} GPUs", where="option")
+    validate_for_device(cfg, "cuda" if wants_cuda else "cpu")
+
+
+def train_worker(config_path: str | None, overrides: tuple[str, ...], run_dir: str) -> dict[str, Any] | None:
+    """One rank's whole life; rank 0 returns the summary."""
+    quiet_library_noise()
+    from torchrec_models.distributed import process_group
+    from torchrec_models.train.trainer import run_training
+
+    cfg = load_config(config_path, list(overrides))
+    with process_group(cfg.sharding.device) as env:
+        summary = run_training(cfg, env, Path(run_dir))
+        return summary if env.is_main else None
