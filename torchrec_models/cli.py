@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 from torchrec_models.config import Config, ConfigError, load_config
+from torchrec_models.quiet import quiet_library_noise
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a TOML preset (configs/*.toml); defaults apply without one")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set train.batch_size=4096 (repeatable)")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. --set train.batch_size=4096 train.steps=50 (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_library_noise()
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":

@@ -95,7 +95,7 @@ class ModelConfig:
         _check_positive("model.dcn_num_layers", self.dcn_num_layers)
         _check_positive("model.dcn_low_rank_dim", self.dcn_low_rank_dim)
         for key in ("projection_branch1", "projection_branch2"):
-            if getattr(self, key)[-1] % self.embedding_dim:
+            if self.arch == "projection" and getattr(self, key)[-1] % self.embedding_dim:
                 raise ConfigError(
                     f"model.{key}", f"last layer must be a multiple of model.embedding_dim {self.embedding_dim}"
                 )

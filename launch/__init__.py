@@ -1,0 +1,1 @@
+"""torchx components for training and benchmarking."""
