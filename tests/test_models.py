@@ -37,10 +37,15 @@ def test_same_seed_same_dense_weights() -> None:
 
 def test_bf16_autocast_on_dense_part_only() -> None:
     model, batch = _model_and_batch(autocast=torch.bfloat16)
-    seen = {}
-    model.model.over_arch.register_forward_hook(lambda m, i, o: seen.setdefault("over", o.dtype))
-    model.model.sparse_arch.register_forward_hook(
-        lambda m, i, o: seen.setdefault("sparse", o.dtype))
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name):
+        def hook(module, inputs, output) -> None:
+            seen[name] = output.dtype
+        return hook
+
+    model.model.over_arch.register_forward_hook(record("over"))
+    model.model.sparse_arch.register_forward_hook(record("sparse"))
     loss, (_, logits, _) = model(batch)
     assert seen == {"over": torch.bfloat16, "sparse": torch.float32}
     assert loss.dtype == torch.float32 and logits.dtype == torch.float32
