@@ -1,12 +1,22 @@
 """Chooses the batch source named by ``data.kind`` and hands each rank its slice."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from torchrec.datasets.utils import Batch
 
 from torchrec_models.config import Config, ConfigError
 from torchrec_models.data.synthetic import EVAL_STREAM, TRAIN_STREAM, SyntheticData, SyntheticSpec, rank_batches
+
+
+class BatchSource(Protocol):
+    """What the trainer reads from: rank ``rank`` of ``world_size`` gets its slice of each
+    step's global batch (``world_size * batch_size`` examples). A step number fully fixes the
+    batch, so the step is the data position a checkpoint needs."""
+
+    def train_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]: ...
+
+    def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]: ...
 
 
 class SyntheticSource:
@@ -15,14 +25,14 @@ class SyntheticSource:
     def __init__(self, cfg: Config) -> None:
         self.data = SyntheticData(SyntheticSpec.from_config(cfg))
 
-    def train_batches(self, rank: int, batch_size: int, steps: range) -> Iterator[Batch]:
+    def train_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         return rank_batches(self.data, rank, batch_size, steps, TRAIN_STREAM)
 
-    def eval_batches(self, rank: int, batch_size: int, steps: range) -> Iterator[Batch]:
+    def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         return rank_batches(self.data, rank, batch_size, steps, EVAL_STREAM)
 
 
-def make_source(cfg: Config):
+def make_source(cfg: Config) -> BatchSource:
     if cfg.data.kind == "synthetic":
         return SyntheticSource(cfg)
     raise ConfigError("data.kind", f"{cfg.data.kind!r} has no reader in this build")

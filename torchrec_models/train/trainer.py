@@ -73,7 +73,7 @@ class Trainer:
         t = self.cfg.train
         meter = meter or ThroughputMeter(self.global_batch, t.measure_after, t.log_every, self.env.device)
         bar = bar or tqdm(disable=True)
-        batches = self.source.train_batches(self.env.rank, t.batch_size, range(start, stop))
+        batches = self.source.train_batches(self.env.rank, self.env.world_size, t.batch_size, range(start, stop))
         window_loss, window_steps = torch.zeros((), device=self.env.device), 0
         for step in range(start, stop):
             factor = self.schedule.apply(step)
@@ -105,7 +105,7 @@ class Trainer:
         model = self.pipeline.detach()
         model.eval()
         metrics = EvalMetrics(self.env.world_size, self.env.rank, t.batch_size, t.eval_steps)
-        for batch in self.source.eval_batches(self.env.rank, t.batch_size, range(t.eval_steps)):
+        for batch in self.source.eval_batches(self.env.rank, self.env.world_size, t.batch_size, range(t.eval_steps)):
             _, (_, logits, labels) = model(batch.to(self.env.device))
             metrics.update(logits, labels)
         result = metrics.compute()
