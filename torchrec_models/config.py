@@ -25,6 +25,8 @@ PRECISIONS = ("fp32", "bf16")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 DENSE_OPTIMIZERS = ("adagrad", "sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
+EMBEDDING_DTYPES = ("fp32", "fp16")
+QCOMMS = ("none", "fp16", "bf16")
 
 
 class ConfigError(ValueError):
@@ -68,9 +70,11 @@ class ModelConfig:
     dcn_low_rank_dim: int = 64
     projection_branch1: list[int] = field(default_factory=lambda: [64, 32])
     projection_branch2: list[int] = field(default_factory=lambda: [64, 32])
+    embedding_dtype: str = "fp32"  # table weights: fp32 or fp16 (half the bytes)
 
     def __post_init__(self) -> None:
         _check_choice("model.arch", self.arch, ARCHS)
+        _check_choice("model.embedding_dtype", self.embedding_dtype, EMBEDDING_DTYPES)
         _check_positive("model.embedding_dim", self.embedding_dim)
         _check_sizes("model.num_embeddings_per_feature", self.num_embeddings_per_feature)
         _check_sizes("model.multi_hot_sizes", self.multi_hot_sizes)
@@ -119,11 +123,29 @@ class DataConfig:
     zipf_exponent: float = 1.05
     variable_pooling: bool = False
     label_noise: float = 0.0  # synthetic: fraction of labels flipped at random
+    eval_path: str = ""  # criteo: a preprocessed directory for evaluation
+    eval_fraction: float = 0.0  # criteo without eval_path: the last fraction of data.path is held out
+    shuffle: bool = False  # criteo: a deterministic permutation per epoch, seeded by train.seed
+    out_of_range: str = "error"  # criteo ids >= the table's rows: "error", or "hash" (id % rows, counted)
+    multi_hot: bool = False  # criteo: expand each id to model.multi_hot_sizes ids (MLPerf DCNv2)
+    multi_hot_distribution: str = "uniform"  # the extra ids' distribution: "uniform" or "pareto"
 
     def __post_init__(self) -> None:
         _check_choice("data.kind", self.kind, ("synthetic", "criteo"))
         if self.kind == "criteo" and not self.path:
             raise ConfigError("data.path", "is required when data.kind = 'criteo'")
+        _check_choice("data.out_of_range", self.out_of_range, ("error", "hash"))
+        _check_choice("data.multi_hot_distribution", self.multi_hot_distribution, ("uniform", "pareto"))
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError("data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_path and self.eval_fraction:
+            raise ConfigError("data.eval_fraction", "must be 0 when data.eval_path is set")
+        if self.kind == "criteo" and not (self.eval_path or self.eval_fraction):
+            raise ConfigError("data.eval_path", "data.kind = 'criteo' needs held-out data: "
+                              "set data.eval_path, or data.eval_fraction in (0, 1)")
+        if self.multi_hot and self.kind != "criteo":
+            raise ConfigError("data.multi_hot", "applies to data.kind = 'criteo' only "
+                              "(synthetic data already follows model.multi_hot_sizes)")
         if self.zipf_exponent < 0:
             raise ConfigError("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         if not 0.0 <= self.label_noise < 0.5:
@@ -141,6 +163,8 @@ class ShardingConfig:
     min_partition: int = 0  # smallest column shard for column-wise types; 0 = the planner's default
     hbm_gb: float = 0.0  # per-device memory cap for the planner; 0 = the device's own size
     ddr_gb: float = 0.0  # per-host memory cap; 0 = the planner's default
+    cache_load_factor: float = 0.2  # fused_uvm_caching: fraction of each table's rows cached in HBM
+    qcomm: str = "none"  # precision of the embedding all-to-all / reduce-scatter: none, fp16, bf16
 
     def __post_init__(self) -> None:
         if self.type:
@@ -153,6 +177,9 @@ class ShardingConfig:
             raise ConfigError("sharding.min_partition", "must be >= 0")
         if self.hbm_gb < 0 or self.ddr_gb < 0:
             raise ConfigError("sharding.hbm_gb" if self.hbm_gb < 0 else "sharding.ddr_gb", "must be >= 0")
+        if not 0.0 < self.cache_load_factor <= 1.0:
+            raise ConfigError("sharding.cache_load_factor", f"must be in (0, 1], got {self.cache_load_factor}")
+        _check_choice("sharding.qcomm", self.qcomm, QCOMMS)
 
 
 @dataclass
@@ -174,6 +201,7 @@ class TrainConfig:
     eval_steps: int = 10
     log_every: int = 20
     measure_after: int = 5  # steps left out of examples/s as warm-up
+    tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "steps", "eval_steps", "log_every"):

@@ -37,6 +37,14 @@ def choose_device(requested: str, local_rank: int) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
+def set_dense_math(device: torch.device, tf32: bool) -> None:
+    """On CUDA, lets fp32 matmuls and convolutions of the dense part run on TF32 tensor cores (or not)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
 @contextmanager
 def process_group(requested_device: str = "auto") -> Iterator[DistEnv]:
     """Joins (or, run alone, creates) the default process group; always destroys it on exit.

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -21,8 +22,6 @@ def launch_local(
     Each rank gets an even share of the cores (OMP_NUM_THREADS) unless the caller set it.
     A failed rank makes elastic restart the whole group up to ``max_restarts`` times.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc)))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -34,4 +33,19 @@ def launch_local(
         monitor_interval=0.5,
         start_method="spawn",
     )
-    return elastic_launch(config, entrypoint)(*args)
+    with _threads_per_rank(nproc):
+        return elastic_launch(config, entrypoint)(*args)
+
+
+@contextmanager
+def _threads_per_rank(nproc: int) -> Iterator[None]:
+    """Children inherit OMP_NUM_THREADS = cores // nproc, unless the user set it."""
+    if "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]

@@ -55,7 +55,17 @@ def hardware() -> dict[str, object]:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB)."""
+    """This process's peak resident set size.
+
+    Read from VmHWM, which belongs to this process image; getrusage's ru_maxrss survives
+    exec and so can report the peak of the parent that spawned this rank.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 

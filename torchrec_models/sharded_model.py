@@ -7,7 +7,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
-from torchrec_models.distributed import DistEnv
+from torchrec_models.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model
 from torchrec_models.sharding import PlanResult, make_plan, make_sharders
 from torchrec_models.table_init import init_tables
@@ -19,6 +19,7 @@ def autocast_dtype(cfg: Config) -> torch.dtype | None:
 
 def build_sharded_model(cfg: Config, env: DistEnv) -> tuple[DistributedModelParallel, PlanResult]:
     """The DMP-wrapped ranker with this rank's shards, initialized independently of the plan."""
+    set_dense_math(env.device, cfg.train.tf32)
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
     pg = dist.group.WORLD
     planned = make_plan(cfg, model, env.world_size, env.local_world_size, env.device.type, pg)
@@ -27,7 +28,7 @@ def build_sharded_model(cfg: Config, env: DistEnv) -> tuple[DistributedModelPara
         env=ShardingEnv.from_process_group(pg),
         device=env.device,
         plan=planned.plan,
-        sharders=make_sharders(cfg, extend_cpu=True),
+        sharders=make_sharders(cfg, extend_cpu=True, device_type=env.device.type),
     )
     init_tables(dmp, table_names(cfg.model.num_sparse_features), cfg.train.seed)
     return dmp, planned

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs_registry
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_row_wise
-from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.distributed.types import CacheParams, ShardingPlan, ShardingType
 
 from torchrec_models.config import Config, ConfigError, table_names
 from torchrec_models.train.optim import fused_params
@@ -24,6 +26,8 @@ from torchrec_models.train.optim import fused_params
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"
 GIB = 1024**3
 HAND_BUILT_ON_CPU = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value}
+UVM_CACHING = EmbeddingComputeKernel.FUSED_UVM_CACHING.value
+COMM_TYPES = {"fp16": CommType.FP16, "bf16": CommType.BF16}
 
 
 class CpuRowWiseSharder(EmbeddingBagCollectionSharder):
@@ -56,12 +60,17 @@ def kernel_for(sharding_type: str, kernel: str) -> str:
 
 def validate_for_device(cfg: Config, device_type: str) -> None:
     """Rejects combinations the device cannot run, naming the key."""
-    if device_type != "cuda" and cfg.sharding.kernel == "fused_uvm_caching":
+    if device_type != "cuda" and cfg.sharding.kernel == UVM_CACHING:
         raise ConfigError("sharding.kernel", "fused_uvm_caching needs a CUDA device")
+    if device_type != "cuda" and cfg.sharding.qcomm == "bf16":
+        raise ConfigError("sharding.qcomm", "bf16 needs a CUDA device (gloo has no bf16 codec; fp16 runs on CPU)")
 
 
-def make_topology(cfg: Config, world_size: int, local_world_size: int, device_type: str) -> Topology:
-    kwargs: dict[str, Any] = {}
+def make_topology(
+    cfg: Config, world_size: int, local_world_size: int, device_type: str, **hardware: float
+) -> Topology:
+    """The planner's view of the cluster; ``hardware`` passes bandwidths (bytes/ms) to Topology."""
+    kwargs: dict[str, Any] = dict(hardware)
     if cfg.sharding.hbm_gb:
         kwargs["hbm_cap"] = int(cfg.sharding.hbm_gb * GIB)
     if cfg.sharding.ddr_gb:
@@ -71,35 +80,54 @@ def make_topology(cfg: Config, world_size: int, local_world_size: int, device_ty
     )
 
 
-def make_sharders(cfg: Config, extend_cpu: bool = False) -> list[EmbeddingBagCollectionSharder]:
+def make_sharders(
+    cfg: Config, extend_cpu: bool = False, device_type: str = "cuda"
+) -> list[EmbeddingBagCollectionSharder]:
+    """The EBC sharder with the fused optimizer and, if ``sharding.qcomm`` is set, quantized comms."""
     cls = CpuRowWiseSharder if extend_cpu else EmbeddingBagCollectionSharder
-    return [cls(fused_params=fused_params(cfg.train))]
+    return [cls(fused_params=fused_params(cfg.train), qcomm_codecs_registry=qcomm_registry(cfg, device_type))]
+
+
+def qcomm_registry(cfg: Config, device_type: str) -> dict[str, Any] | None:
+    """torchrec's codecs for fp16 / bf16 forward and backward embedding communication (None: fp32)."""
+    if cfg.sharding.qcomm == "none":
+        return None
+    precision = COMM_TYPES[cfg.sharding.qcomm]
+    qcomms = QCommsConfig(forward_precision=precision, backward_precision=precision)
+    return get_qcomm_codecs_registry(qcomms, device=torch.device(device_type))
 
 
 def constraints(cfg: Config) -> dict[str, ParameterConstraints]:
-    """Per-table constraints: the forced type (if any) and the kernel."""
+    """Per-table constraints: the forced type (if any), the kernel, pooling and the UVM cache size."""
     out = {}
+    pooling = dict(zip(table_names(cfg.model.num_sparse_features), cfg.model.multi_hot_sizes))
     for table, kind in table_types(cfg).items():
         kernels = [kernel_for(kind, cfg.sharding.kernel)] if kind else None
         if not kind:
             kernels = [cfg.sharding.kernel, EmbeddingComputeKernel.DENSE.value]
-        extra = {"min_partition": cfg.sharding.min_partition} if cfg.sharding.min_partition else {}
+        extra: dict[str, Any] = {"min_partition": cfg.sharding.min_partition} if cfg.sharding.min_partition else {}
+        if cfg.sharding.kernel == UVM_CACHING:
+            extra["cache_params"] = CacheParams(load_factor=cfg.sharding.cache_load_factor)
         out[table] = ParameterConstraints(
-            sharding_types=[kind] if kind else None, compute_kernels=kernels, **extra
+            sharding_types=[kind] if kind else None, compute_kernels=kernels,
+            pooling_factors=[float(pooling[table])], **extra
         )
     return out
 
 
 def make_plan(
     cfg: Config, model: nn.Module, world_size: int, local_world_size: int, device_type: str,
-    pg: dist.ProcessGroup | None = None,
+    pg: dist.ProcessGroup | None = None, planner: EmbeddingShardingPlanner | None = None,
 ) -> PlanResult:
-    """Plans ``model`` (tables on meta); with ``pg`` rank 0 plans and broadcasts."""
+    """Plans ``model`` (tables on meta); with ``pg`` rank 0 plans and broadcasts.
+
+    ``planner`` (from ``make_planner``) lets a caller keep its enumerator and storage reservation.
+    """
     validate_for_device(cfg, device_type)
-    topology = make_topology(cfg, world_size, local_world_size, device_type)
+    if planner is None:
+        planner = make_planner(cfg, make_topology(cfg, world_size, local_world_size, device_type))
     hand_built = device_type != "cuda" and any(t in HAND_BUILT_ON_CPU for t in table_types(cfg).values())
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints(cfg))
-    sharders = make_sharders(cfg, extend_cpu=hand_built)
+    sharders = make_sharders(cfg, extend_cpu=hand_built, device_type=device_type)
     if pg is not None and dist.get_world_size(pg) > 1:
         planned = planner.collective_plan(model, sharders, pg)
     else:
@@ -109,6 +137,13 @@ def make_plan(
         return PlanResult(planned, "planner", estimate)
     plan = hand_built_plan(cfg, model, world_size, local_world_size, device_type)
     return PlanResult(plan, "hand-built (estimate from the planner)", estimate)
+
+
+def make_planner(cfg: Config, topology: Topology, **parts: Any) -> EmbeddingShardingPlanner:
+    """The torchrec planner for the per-rank batch size; ``parts`` (enumerator, ...) go to it as is."""
+    return EmbeddingShardingPlanner(
+        topology=topology, batch_size=cfg.train.batch_size, constraints=constraints(cfg), **parts
+    )
 
 
 def hand_built_plan(
@@ -134,7 +169,7 @@ def hand_built_plan(
             "": lambda: table_wise(rank=i % world_size, compute_kernel=kernel),
         }[kind]()
     module_plan = construct_module_sharding_plan(
-        ebc, generators, sharder=make_sharders(cfg, extend_cpu=True)[0],
+        ebc, generators, sharder=make_sharders(cfg, extend_cpu=True, device_type=device_type)[0],
         local_size=local_world_size, world_size=world_size, device_type=device_type,
     )
     for table, sharding in module_plan.items():

@@ -52,10 +52,20 @@ class Trainer:
             })
             self.writer.write("config.json", self.cfg.to_dict())
 
+    def make_meter(self, skip: int | None = None, window: int | None = None) -> ThroughputMeter:
+        t = self.cfg.train
+        return ThroughputMeter(self.global_batch, t.measure_after if skip is None else skip,
+                               t.log_every if window is None else window, self.env.device)
+
+    def plain_model(self) -> torch.nn.Module:
+        """The model with the pipeline's forward rewrites undone (for evaluation and probes);
+        the next pipelined step re-attaches it."""
+        return self.pipeline.detach()
+
     def fit(self) -> dict[str, Any]:
         """Trains ``train.steps`` steps, evaluating every ``train.eval_every`` and at the end."""
         t = self.cfg.train
-        meter = ThroughputMeter(self.global_batch, t.measure_after, t.log_every, self.env.device)
+        meter = self.make_meter()
         bar = tqdm(total=t.steps, disable=not self.env.is_main, desc="train", unit="step",
                    mininterval=0.5 if sys.stderr.isatty() else 10.0)
         evaluation: dict[str, float] = {}
@@ -71,7 +81,7 @@ class Trainer:
     ) -> None:
         """Runs steps [start, stop); the pipeline is drained when this returns."""
         t = self.cfg.train
-        meter = meter or ThroughputMeter(self.global_batch, t.measure_after, t.log_every, self.env.device)
+        meter = meter or self.make_meter()
         bar = bar or tqdm(disable=True)
         batches = self.source.train_batches(self.env.rank, self.env.world_size, t.batch_size, range(start, stop))
         window_loss, window_steps = torch.zeros((), device=self.env.device), 0
@@ -102,7 +112,7 @@ class Trainer:
     def evaluate(self, step: int) -> dict[str, float]:
         """AUC, NE and logloss over ``train.eval_steps`` held-out batches on every rank."""
         t = self.cfg.train
-        model = self.pipeline.detach()
+        model = self.plain_model()
         model.eval()
         metrics = EvalMetrics(self.env.world_size, self.env.rank, t.batch_size, t.eval_steps)
         for batch in self.source.eval_batches(self.env.rank, self.env.world_size, t.batch_size, range(t.eval_steps)):

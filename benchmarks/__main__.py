@@ -1,0 +1,56 @@
+"""``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchrec_models.quiet import quiet_library_noise
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    from benchmarks.suites import SUITES
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description="run a benchmark suite")
+    p.add_argument("--suite", required=True, choices=sorted(SUITES))
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--repeat", type=int, default=1, help="runs per row; windows are pooled")
+    p.add_argument("--price", action="append", default=[], metavar="KIND=USD_PER_HOUR",
+                   help="override a price (H100, H200, A100 per GPU-hour, vCPU per vCPU-hour)")
+    p.add_argument("--only", action="append", default=[], help="run rows whose name contains this")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_noise()
+    if argv[:1] == ["compare"]:
+        from benchmarks.compare import compare_dirs, format_comparison
+
+        p = argparse.ArgumentParser(prog="python -m benchmarks compare")
+        p.add_argument("a", type=Path)
+        p.add_argument("b", type=Path)
+        args = p.parse_args(argv[1:])
+        print(format_comparison(compare_dirs(args.a, args.b)))
+        return 0
+    if argv[:1] == ["report"]:
+        from benchmarks.report import write_report
+
+        print(write_report(Path(argv[1])))
+        return 0
+    args = _run_parser().parse_args(argv)
+    from benchmarks.pricing_args import prices_or_exit
+    from benchmarks.report import write_report
+    from benchmarks.runner import run_suite
+
+    if args.repeat < 1:
+        print("error: --repeat must be >= 1", file=sys.stderr)
+        return 2
+    prices = prices_or_exit(args.price)
+    records = run_suite(args.suite, args.out, args.repeat, prices, args.only)
+    print(f"report: {write_report(args.out)}")
+    return 1 if any("error" in r for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""report.md and PNG plots from a results directory."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmarks.compare import load_results
+
+MIB = 2**20
+
+
+def _mem(record: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(max measured MiB per rank, max estimate MiB per rank, max measured/estimate)."""
+    ranks = record["memory"]["per_rank"]
+    measured = max(r["measured_bytes"] or 0 for r in ranks) / MIB
+    estimates = [r["estimate_bytes"] for r in ranks if r["estimate_bytes"]]
+    ratios = [r["measured_over_estimate"] for r in ranks if r["measured_over_estimate"]]
+    return measured, (max(estimates) / MIB if estimates else None), (max(ratios) if ratios else None)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _sharding(record: dict[str, Any]) -> str:
+    kinds = sorted({f"{s['type']}/{s['kernel']}" for s in record["sharding"].values()})
+    return ", ".join(kinds) if len(kinds) <= 2 else f"{len(kinds)} kinds"
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    head = ("| row | ranks | batch/rank | precision | sharding/kernel | ex/s (p10-p90) | split ms data/fwd/bwd+opt/comm "
+            "| MiB/rank | est. MiB | ratio | $/1M ex | GEMM % | copy % |")
+    lines = [head, "|" + "---|" * 13]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r['row']} | {r['world_size']} | failed: {r['error'][:80]} |" + " |" * 10)
+            continue
+        t, s, roof = r["throughput"], r["split_ms"], r["roofline"]
+        measured, estimate, ratio = _mem(r)
+        split = "/".join(_fmt(s.get(k), ".0f") for k in ("data", "forward", "backward_optimizer", "communication"))
+        lines.append(
+            f"| {r['row']} | {r['world_size']} | {r['batch_size_per_rank']} | {r['precision']} | {_sharding(r)} "
+            f"| {t['examples_per_sec']:,.0f} ({t['p10']:,.0f}-{t['p90']:,.0f}) | {split} | {_fmt(measured, ',.0f')} "
+            f"| {_fmt(estimate, ',.0f')} | {_fmt(ratio, '.2f')} | {r['cost']['usd_per_million_examples']:.4f} "
+            f"| {100 * roof['flops_fraction']:.0f} | {100 * roof['bytes_fraction']:.1f} |")
+    return "\n".join(lines)
+
+
+def speedups(records: dict[str, dict[str, Any]]) -> list[str]:
+    """torchrec rows against their plain-PyTorch baselines of the same name."""
+    out = []
+    for name, r in records.items():
+        if not name.startswith("baseline/"):
+            continue
+        mine = records.get(name[len("baseline/"):])
+        if mine:
+            ratio = mine["throughput"]["examples_per_sec"] / r["throughput"]["examples_per_sec"]
+            out.append(f"- `{mine['row']}`: {ratio:.2f}x the plain-PyTorch baseline "
+                       f"({mine['throughput']['examples_per_sec']:,.0f} vs {r['throughput']['examples_per_sec']:,.0f} ex/s)")
+    return out
+
+
+def write_report(directory: Path) -> Path:
+    records = [json.loads(l) for l in (directory / "results.jsonl").read_text().splitlines() if l.strip()]
+    machine = json.loads((directory / "machine.json").read_text())
+    by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_suite[r["suite"]].append(r)
+    hw, ceil = machine["hardware"], machine["ceilings"]
+    parts = [
+        "# Benchmark report", "",
+        f"Machine: {hw['cpu']}, {hw['cores']} cores, GPU: {hw['gpu'] or 'none'}. "
+        f"torch {machine['versions']['torch']}, torchrec {machine['versions']['torchrec']}, "
+        f"git {str(machine['git_sha'])[:10]}.",
+        f"Ceilings measured in this run: fp32 GEMM {ceil['gemm_fp32_gflops']:.0f} GFLOP/s, "
+        f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s.", "",
+        "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
+        "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
+        "(DDR on CPU, HBM on GPU). GEMM %: training FLOPs x ex/s over the GEMM ceiling of the row's precision. "
+        "copy %: table traffic over the copy bandwidth.", "",
+    ]
+    for suite, rows in by_suite.items():
+        parts += [f"## {suite}", "", table(rows), ""]
+        ups = speedups({r["row"]: r for r in rows if "error" not in r})
+        if ups:
+            parts += ["What torchrec sharding buys over plain PyTorch (nn.EmbeddingBag + DDP):", "", *ups, ""]
+    ok = load_results(directory)
+    from benchmarks.plots import write_plots
+
+    plots = write_plots(list(ok.values()), directory)
+    parts += [f"![{p.stem}]({p.name})" for p in plots]
+    path = directory / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

@@ -1,0 +1,112 @@
+"""Work per example from the model's shapes, and the machine's ceilings measured in the same run.
+
+FLOPs count multiply-adds as 2; backward costs twice the forward (input and weight gradients),
+so a training step is 3x the forward. Embedding bytes count, per looked-up id: the row read in
+forward, read and written again in the fused backward update, and the optimizer state read and
+written (one fp32 per row for row-wise Adagrad, one per element for Adagrad, none for SGD).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from torchrec_models.config import Config, ModelConfig
+
+_DTYPE_BYTES = {"fp32": 4, "fp16": 2}
+
+
+def mlp_flops(in_features: int, layers: list[int]) -> int:
+    """Forward FLOPs of one example through a stack of Linear layers."""
+    total, width = 0, in_features
+    for out in layers:
+        total += 2 * width * out
+        width = out
+    return total
+
+
+def interaction_flops(m: ModelConfig) -> tuple[int, int]:
+    """(forward FLOPs of the interaction, width of the top MLP's input) for one example."""
+    f, d = m.num_sparse_features, m.embedding_dim
+    if m.arch == "dcn":
+        n = (f + 1) * d
+        per_layer = 2 * n * m.dcn_low_rank_dim + 2 * m.dcn_low_rank_dim * n + 3 * n
+        return m.dcn_num_layers * per_layer, n
+    if m.arch == "projection":
+        b1, b2 = m.projection_branch1, m.projection_branch2
+        f1, f2 = b1[-1] // d, b2[-1] // d
+        branches = mlp_flops((f + 1) * d, b1) + mlp_flops((f + 1) * d, b2)
+        return branches + 2 * f1 * f2 * d, d + f1 * f2
+    return 2 * (f + 1) * (f + 1) * d, d + f * (f + 1) // 2
+
+
+def forward_flops(m: ModelConfig) -> dict[str, int]:
+    """Forward FLOPs per example by part: bottom MLP, interaction, top MLP."""
+    inter, top_in = interaction_flops(m)
+    return {
+        "bottom_mlp": mlp_flops(m.dense_in_features, m.bottom_mlp),
+        "interaction": inter,
+        "top_mlp": mlp_flops(top_in, m.top_mlp),
+    }
+
+
+def train_flops_per_example(m: ModelConfig) -> int:
+    return 3 * sum(forward_flops(m).values())
+
+
+def embedding_bytes_per_example(cfg: Config, embedding_dtype: str = "fp32") -> int:
+    """Bytes of table traffic per example in a training step (see the module docstring)."""
+    m = cfg.model
+    b = _DTYPE_BYTES.get(embedding_dtype, 4)
+    state = {"rowwise_adagrad": 2 * 4, "adagrad": 2 * 4 * m.embedding_dim, "sgd": 0}[cfg.train.embedding_optimizer]
+    ids = sum(m.multi_hot_sizes)
+    return ids * (3 * m.embedding_dim * b + state)
+
+
+def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0,
+                        device: torch.device | str = "cpu") -> float:
+    """Sustained square-GEMM rate with the threads this process has (median of timed bursts)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    rates = []
+    deadline = time.perf_counter() + seconds
+    _sync(device)
+    torch.mm(a, b)
+    while time.perf_counter() < deadline or len(rates) < 3:
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        _sync(device)
+        rates.append(4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return sorted(rates)[len(rates) // 2]
+
+
+def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, device: torch.device | str = "cpu") -> float:
+    """Sustained copy bandwidth, counting bytes read plus bytes written."""
+    src = torch.ones(megabytes * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    rates = []
+    deadline = time.perf_counter() + seconds
+    dst.copy_(src)
+    while time.perf_counter() < deadline or len(rates) < 3:
+        _sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        rates.append(2 * src.numel() * 4 / (time.perf_counter() - t) / 1e9)
+    return sorted(rates)[len(rates) // 2]
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine_ceilings(device: torch.device | str = "cpu") -> dict[str, float]:
+    """fp32 and bf16 GEMM GFLOP/s and copy GB/s of this machine, with all its cores."""
+    return {
+        "gemm_fp32_gflops": measure_gemm_gflops(torch.float32, device=device),
+        "gemm_bf16_gflops": measure_gemm_gflops(torch.bfloat16, device=device),
+        "copy_gbps": measure_copy_gbps(device=device),
+    }

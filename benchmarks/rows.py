@@ -1,0 +1,27 @@
+"""What a benchmark row is: a named training configuration at a world size."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement: ``config`` + ``overrides`` trained at ``world_size`` ranks.
+
+    ``impl`` is ``torchrec`` (this package) or ``baseline`` (plain PyTorch: nn.EmbeddingBag + DDP).
+    """
+
+    name: str
+    config: str
+    overrides: tuple[str, ...] = ()
+    world_size: int = 1
+    impl: str = "torchrec"
+    warmup_steps: int = 5
+    window_steps: int = 5
+    windows: int = 6
+    split_steps: int = 3
+    tags: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def measured_steps(self) -> int:
+        return self.warmup_steps + self.window_steps * self.windows

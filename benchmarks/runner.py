@@ -1,0 +1,71 @@
+"""Runs a suite: each row on its own set of fresh ranks, records appended as they finish."""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks import roofline
+from benchmarks.record import build_record
+from benchmarks.rows import Row
+from benchmarks.suites import SUITES
+from benchmarks.worker import bench_worker
+from torchrec_models import runinfo
+from torchrec_models.config import load_config
+from torchrec_models.launcher import launch_local
+
+
+def run_row(row: Row, repeat: int) -> list[dict[str, Any]]:
+    """Every rank's measurements; with ``repeat`` > 1 the rank-0 windows of all repeats are pooled."""
+    runs = [launch_local(bench_worker, (row,), row.world_size) for _ in range(repeat)]
+    ranks = [runs[-1][r] for r in sorted(runs[-1])]
+    pooled = [rate for run in runs for rate in run[0]["rates"]]
+    ranks[0] = {**ranks[0], "rates": pooled}
+    return ranks
+
+
+def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
+              only: list[str] | None = None) -> list[dict[str, Any]]:
+    rows = [r for r in SUITES[name]() if not only or any(o in r.name for o in only)]
+    device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ceilings = roofline.machine_ceilings(device)
+    machine = {"hardware": runinfo.hardware(), "versions": runinfo.versions(), "git_sha": runinfo.git_sha(),
+               "ceilings": ceilings, "prices_usd_per_hour": prices}
+    (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
+    records = []
+    with (out_dir / "results.jsonl").open("a") as sink:
+        for i, row in enumerate(rows, 1):
+            print(f"[{i}/{len(rows)}] {row.name} (world size {row.world_size})", flush=True)
+            record = _measure(name, row, repeat, ceilings, prices)
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            records.append(record)
+            _print_line(record)
+    return records
+
+
+def _measure(suite: str, row: Row, repeat: int, ceilings: dict[str, float], prices: dict[str, float]) -> dict:
+    try:
+        cfg = load_config(row.config, list(row.overrides))
+        return build_record(suite, row, cfg, run_row(row, repeat), ceilings, prices)
+    except Exception as exc:  # a failed row is reported, the suite goes on
+        traceback.print_exc(file=sys.stderr)
+        return {"suite": suite, "row": row.name, "world_size": row.world_size, "impl": row.impl,
+                "error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def _print_line(record: dict[str, Any]) -> None:
+    if "error" in record:
+        print(f"    FAILED: {record['error'][:300]}", flush=True)
+        return
+    t, split = record["throughput"], record["split_ms"]
+    print(f"    {t['examples_per_sec']:,.0f} ex/s [p10 {t['p10']:,.0f} p90 {t['p90']:,.0f}]  "
+          f"split ms: data {split.get('data', 0):.1f} fwd {split.get('forward', 0):.1f} "
+          f"bwd+opt {split.get('backward_optimizer', 0):.1f} comm {split.get('communication', 0):.1f}  "
+          f"${record['cost']['usd_per_million_examples']:.4f}/1M  "
+          f"{100 * record['roofline']['flops_fraction']:.0f}% of GEMM", flush=True)

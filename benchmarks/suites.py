@@ -1,0 +1,85 @@
+"""The suites: named lists of rows."""
+from __future__ import annotations
+
+from typing import Callable
+
+from benchmarks.rows import Row
+
+TINY = "configs/tiny.toml"
+CRITEO = "configs/dlrm_criteo_onehot.toml"
+DCNV2 = "configs/dlrm_dcnv2_mlperf.toml"
+CPU_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise")
+EMBEDDING_HEAVY = (
+    f"model.num_embeddings_per_feature={[1_000_000] * 8}", f"model.multi_hot_sizes={[100] * 8}",
+    "model.bottom_mlp=[512,512,64]", "model.top_mlp=[1024,1024,1024,1]", "train.batch_size=2048",
+)
+# DCNv2 tables capped so all 26 fit one GPU's HBM with their optimizer state.
+DCNV2_ON_ONE_GPU = ("model.max_rows_per_table=4000000",)
+
+
+def _row(name: str, config: str, *overrides: str, world_size: int = 1, impl: str = "torchrec", **tags: str) -> Row:
+    return Row(name=name, config=config, overrides=tuple(overrides), world_size=world_size, impl=impl, tags=tags)
+
+
+def smoke() -> list[Row]:
+    quick = dict(warmup_steps=3, window_steps=4, windows=5, split_steps=2)
+    rows = [
+        _row("tiny/ws1", TINY, world_size=1),
+        _row("tiny/ws2", TINY, "sharding.type=row_wise", world_size=2, sharding="row_wise"),
+        _row("baseline/tiny/ws2", TINY, world_size=2, impl="baseline"),
+    ]
+    return [Row(**{**r.__dict__, **quick}) for r in rows]
+
+
+def cpu() -> list[Row]:
+    rows = [
+        _row(f"criteo/ws{ws}/{p}", CRITEO, f"train.precision={p}", world_size=ws, sharding="planner")
+        for ws in (2, 1) for p in ("fp32", "bf16")
+    ]
+    rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]
+    rows.append(_row("criteo/ws2/fp32/table_wise/dense_kernel", CRITEO, "sharding.type=table_wise",
+                     "sharding.kernel=dense", world_size=2, sharding="table_wise"))
+    rows += [
+        _row(f"criteo/ws2/fp32/{t}/b{b}", CRITEO, f"sharding.type={t}", f"train.batch_size={b}", world_size=2,
+             sharding=t, sweep="batch")
+        for t in ("table_wise", "row_wise") for b in (512, 1024, 4096)
+    ]
+    rows += [_row(f"embedding_heavy/ws2/{p}", CRITEO, *EMBEDDING_HEAVY, f"train.precision={p}", world_size=2)
+             for p in ("fp32", "bf16")]
+    return rows + baseline()
+
+
+def baseline() -> list[Row]:
+    return [
+        _row("baseline/criteo/ws2/fp32", CRITEO, world_size=2, impl="baseline"),
+        _row("baseline/criteo/ws1/fp32", CRITEO, world_size=1, impl="baseline"),
+        _row("baseline/embedding_heavy/ws2/fp32", CRITEO, *EMBEDDING_HEAVY, world_size=2, impl="baseline"),
+    ]
+
+
+def scaling() -> list[Row]:
+    """The same global batch (4096) over 1, 2 and 4 ranks."""
+    return [
+        _row(f"scaling/criteo/ws{ws}", CRITEO, "train.precision=bf16", f"train.batch_size={4096 // ws}",
+             world_size=ws, sweep="scaling")
+        for ws in (1, 2, 4)
+    ]
+
+
+def gpu() -> list[Row]:
+    cuda = ("sharding.device=cuda",)
+    rows = [_row(f"gpu/criteo/{p}", CRITEO, *cuda, f"train.precision={p}", sharding="planner")
+            for p in ("fp32", "bf16")]
+    rows += [_row(f"gpu/criteo/bf16/b{b}", CRITEO, *cuda, "train.precision=bf16", f"train.batch_size={b}",
+                  sweep="batch", sharding="planner") for b in (4096, 8192, 16384)]
+    rows += [_row(f"gpu/dcnv2/{k}", DCNV2, *cuda, *DCNV2_ON_ONE_GPU, "train.precision=bf16",
+                  "train.batch_size=8192", f"sharding.kernel={k}", kernel=k)
+             for k in ("fused", "fused_uvm_caching")]
+    rows.append(_row("gpu/dcnv2/fused/fp16_tables", DCNV2, *cuda, *DCNV2_ON_ONE_GPU, "train.precision=bf16",
+                     "train.batch_size=8192", "model.embedding_dtype=fp16"))
+    return rows
+
+
+SUITES: dict[str, Callable[[], list[Row]]] = {
+    "smoke": smoke, "cpu": cpu, "baseline": baseline, "scaling": scaling, "gpu": gpu,
+}

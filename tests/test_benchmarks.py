@@ -1,0 +1,121 @@
+"""The benchmark harness: formulas, FLOP counts, the record schema, compare, and the smoke suite."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.compare import compare_dirs, compare_rows, format_comparison, load_results
+from benchmarks.record import throughput, validate_record
+from benchmarks.roofline import embedding_bytes_per_example, forward_flops, train_flops_per_example
+from conftest import ROOT
+from torchrec_models.config import load_config
+from torchrec_models.pricing import parse_prices, usd_per_million_examples
+
+
+def test_cost_formula() -> None:
+    # $3/h per device x 8 devices at 100k ex/s: 24 $/h over 360M ex/h = $0.0667 per 1M.
+    assert usd_per_million_examples(3.0, 8, 100_000) == pytest.approx(24 / 360, rel=1e-12)
+    assert usd_per_million_examples(0.045, 2, 20_000) == pytest.approx(0.09 / 72, rel=1e-12)
+    with pytest.raises(ValueError):
+        usd_per_million_examples(1.0, 1, 0)
+
+
+def test_price_overrides() -> None:
+    prices = parse_prices(["H100=2.5", "vCPU=0.05"])
+    assert prices["H100"] == 2.5 and prices["vCPU"] == 0.05 and prices["H200"] == 3.8 and prices["A100"] == 1.8
+    with pytest.raises(ValueError, match="H100=abc"):
+        parse_prices(["H100=abc"])
+
+
+def test_flops_of_a_small_dlrm_by_hand() -> None:
+    cfg = load_config(None, ["model.num_embeddings_per_feature=[10, 10]", "model.multi_hot_sizes=[1, 3]",
+                             "model.embedding_dim=4", "model.dense_in_features=3", "model.bottom_mlp=[8, 4]",
+                             "model.top_mlp=[5, 1]"])
+    # bottom: 3->8->4: 2*(3*8 + 8*4) = 112; interaction: 3 vectors of 4: bmm 2*3*3*4 = 72;
+    # top input: 4 + 2*3/2 = 7: 2*(7*5 + 5*1) = 80. Training = 3 x forward.
+    assert forward_flops(cfg.model) == {"bottom_mlp": 112, "interaction": 72, "top_mlp": 80}
+    assert train_flops_per_example(cfg.model) == 3 * 264
+    # 4 ids x (3 row passes x 4 floats x 4 B + 8 B of row-wise Adagrad state) = 4 x 56.
+    assert embedding_bytes_per_example(cfg) == 224
+
+
+def test_flops_of_dcn_by_hand() -> None:
+    cfg = load_config(None, ["model.arch=dcn", "model.num_embeddings_per_feature=[10]", "model.multi_hot_sizes=[1]",
+                             "model.embedding_dim=2", "model.dense_in_features=1", "model.bottom_mlp=[2]",
+                             "model.top_mlp=[1]", "model.dcn_num_layers=2", "model.dcn_low_rank_dim=3"])
+    # n = 2 vectors x 2 = 4; per layer 2*4*3 + 2*3*4 + 3*4 = 60; two layers = 120.
+    assert forward_flops(cfg.model) == {"bottom_mlp": 4, "interaction": 120, "top_mlp": 8}
+
+
+def _record(name: str, windows: list[float]) -> dict:
+    return {"suite": "t", "row": name, "throughput": throughput(windows)}
+
+
+def _write(directory: Path, records: list[dict]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return directory
+
+
+def test_compare_gives_verdicts_only_outside_the_noise(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a", [_record("fast", [100, 101, 99, 100, 102]), _record("noisy", [100, 80, 120, 90, 110]),
+                                _record("slow", [100, 100, 101, 99, 100]), _record("only_a", [1, 1, 1, 1, 1])])
+    b = _write(tmp_path / "b", [_record("fast", [150, 151, 149, 150, 152]), _record("noisy", [105, 85, 125, 95, 115]),
+                                _record("slow", [50, 51, 49, 50, 50])])
+    rows = {r["row"]: r for r in compare_dirs(a, b)}
+    assert set(rows) == {"fast", "noisy", "slow"}
+    assert rows["fast"]["verdict"] == "faster" and rows["fast"]["ratio"] == pytest.approx(1.5)
+    assert rows["slow"]["verdict"] == "slower"
+    assert rows["noisy"]["verdict"] == "within noise"
+    assert rows["noisy"]["band"][0] < 1.0 < rows["noisy"]["band"][1]
+    assert "within noise" in format_comparison(list(rows.values()))
+
+
+def test_compare_names_a_bad_line(tmp_path: Path) -> None:
+    d = tmp_path / "bad"
+    d.mkdir()
+    (d / "results.jsonl").write_text(json.dumps(_record("x", [1.0])) + "\n{oops\n")
+    with pytest.raises(ValueError, match="results.jsonl:2"):
+        load_results(d)
+
+
+def test_compare_rows_band_excludes_one_only_when_clear() -> None:
+    same = compare_rows(_record("r", [100.0] * 5), _record("r", [100.0] * 5))
+    assert same["verdict"] == "within noise" and same["ratio"] == 1.0
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "smoke"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "smoke", "--out", str(out),
+                           "--price", "vCPU=0.09"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["row"] for r in records] == ["tiny/ws1", "tiny/ws2", "baseline/tiny/ws2"]
+    for r in records:
+        validate_record(r)
+        assert len(r["throughput"]["windows"]) >= 5
+        assert r["throughput"]["p10"] <= r["throughput"]["examples_per_sec"] <= r["throughput"]["p90"]
+        assert r["cost"]["usd_per_device_hour"] == 0.09
+        expected = 0.09 * r["cost"]["devices"] / (r["throughput"]["examples_per_sec"] * 3600) * 1e6
+        assert r["cost"]["usd_per_million_examples"] == pytest.approx(expected)
+        assert set(r["split_ms"]) >= {"data", "forward", "backward_optimizer", "communication", "total"}
+        assert len(r["memory"]["per_rank"]) == r["world_size"]
+        assert 0 < r["roofline"]["flops_fraction"] < 1
+    assert {s["type"] for s in records[1]["sharding"].values()} == {"row_wise"}
+    assert records[1]["memory"]["per_rank"][0]["estimate_bytes"] > 0
+    report = (out / "report.md").read_text()
+    assert "tiny/ws2" in report and "GEMM" in report and "plain-PyTorch" in report
+    assert (out / "cost_per_config.png").stat().st_size > 1000
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["ceilings"]["gemm_fp32_gflops"] > 0
+
+
+def test_record_schema_rejects_missing_fields() -> None:
+    with pytest.raises(ValueError, match="lacks 'suite'"):
+        validate_record({})
