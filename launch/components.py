@@ -67,3 +67,35 @@ def train(
         env: extra environment variables
     """
     return _ddp("train", script_args, name, nnodes, nproc_per_node, image, h, cpu, gpu, memMB, max_retries, env)
+
+
+def bench(
+    *script_args: str,
+    image: str = DEFAULT_IMAGE,
+    name: str = "torchrec-bench",
+    h: Optional[str] = None,
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 16384,
+    env: Optional[Dict[str, str]] = None,
+) -> specs.AppDef:
+    """Runs the benchmark harness on one host: ``script_args`` go to ``python -m benchmarks``.
+
+    The harness starts each row's ranks itself, so this is one process, not a ddp job.
+
+    Args:
+        script_args: harness arguments, e.g. --suite smoke --out runs/bench
+        image: container image (ignored by local_cwd)
+        name: job name
+        h: a named resource; overrides cpu/gpu/memMB
+        cpu: CPUs
+        gpu: GPUs
+        memMB: host memory in MB
+        env: extra environment variables
+    """
+    resource = specs.resource(cpu=cpu, gpu=gpu, memMB=memMB, h=h)
+    role = specs.Role(
+        name="bench", image=image, entrypoint="python", args=["-m", "benchmarks", *script_args],
+        num_replicas=1, resource=resource, env=dict(env or {}),
+    )
+    return specs.AppDef(name=name, roles=[role])

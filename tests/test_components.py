@@ -48,3 +48,13 @@ def test_local_cwd_run(tmp_path: Path) -> None:
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 40
+
+
+def test_bench_component_runs_the_harness() -> None:
+    from launch.components import bench
+
+    app = bench("--suite", "smoke", "--out", "runs/bench", gpu=1, cpu=16)
+    (role,) = app.roles
+    assert role.entrypoint == "python" and role.args[:2] == ["-m", "benchmarks"]
+    assert role.args[2:] == ["--suite", "smoke", "--out", "runs/bench"]
+    assert role.num_replicas == 1 and (role.resource.gpu, role.resource.cpu) == (1, 16)

@@ -9,6 +9,7 @@ from typing import Sequence
 
 from torchrec_models.config import Config, ConfigError, load_config
 from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.train.checkpoint import CheckpointError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -25,25 +26,98 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", required=True, type=Path, help="where outputs go")
     train.add_argument("--nproc-per-node", type=int, default=1, help="local ranks to start")
     train.add_argument("--max-restarts", type=int, default=0, help="elastic restarts after a failure")
-    plan = sub.add_parser("plan", help="print the sharding plan and memory per rank")
+    train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
+                       help="auto (default): the newest complete checkpoint of this run, if any")
+    export = sub.add_parser("export", help="consolidate a checkpoint into one unsharded state dict")
+    export.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint, or a run directory")
+    export.add_argument("--out", required=True, type=Path, help="the .pt file to write")
+    plan = sub.add_parser("plan", help="plan a cluster: sharding, memory per rank, throughput and cost forecast")
     _add_config_args(plan)
-    plan.add_argument("--world-size", type=int, default=8)
-    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    plan.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    _add_plan_args(plan)
+    _add_preprocess_args(sub)
     return parser
+
+
+def _add_preprocess_args(sub) -> None:
+    pre = sub.add_parser("preprocess", help="convert raw Criteo TSV files into the binary layout data.kind=criteo reads")
+    pre.add_argument("dataset", choices=("criteo",))
+    pre.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE",
+                     help="Criteo TSV files (train.txt, day_0 ... day_23, optionally .gz)")
+    pre.add_argument("--out", required=True, type=Path, help="the output directory")
+    _add_config_args(pre)
+    pre.add_argument("--num-embeddings", type=int, default=None, metavar="N",
+                     help="ids modulo N for all 26 features (or take each table's rows from --config)")
+    pre.add_argument("--frequency-threshold", type=int, default=0, metavar="K",
+                     help="values seen fewer than K times share one id (a first pass counts them)")
+    pre.add_argument("--vocab-from", type=Path, default=None, metavar="DIR",
+                     help="apply the vocabulary of an earlier --frequency-threshold output (e.g. to the eval day)")
+    pre.add_argument("--on-bad-line", choices=("error", "skip"), default="error",
+                     help="a malformed line stops with its file and line (default), or is skipped and counted")
+    pre.add_argument("--chunk-rows", type=int, default=32768, metavar="N", help="lines parsed per block")
+
+
+def _add_plan_args(plan: argparse.ArgumentParser) -> None:
+    from torchrec_models.planning import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE
+
+    plan.add_argument("--world-size", type=int, default=8, help="ranks (GPUs) in all")
+    plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    plan.add_argument("--nodes", type=int, default=None,
+                      help=f"hosts (default: {GPUS_PER_NODE} GPUs per host when the world size is a multiple of "
+                           f"{GPUS_PER_NODE}, else 1)")
+    plan.add_argument("--gpu", choices=sorted(GPUS), default=None, help="GPU preset (default h100)")
+    plan.add_argument("--hbm-gb", type=float, default=None,
+                      help="memory per GPU in GB of 2^30 bytes (default: sharding.hbm_gb, else the preset's)")
+    plan.add_argument("--examples", type=int, default=None, help="forecast the time and cost of this many examples")
+    plan.add_argument("--price", action="append", default=[], metavar="KIND=USD_PER_HOUR",
+                      help="override a price, e.g. --price H100=2.5 (repeatable)")
+    plan.add_argument("--dense-peak-fraction", type=float, default=DENSE_PEAK_FRACTION,
+                      help=f"assumed share of the GPU's dense peak the MLPs reach (default {DENSE_PEAK_FRACTION})")
+    plan.add_argument("--json", action="store_true", help="one JSON object instead of a table")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_library_noise()
     try:
+        if args.command == "export":
+            return _export(args)
+        if args.command == "preprocess":
+            return _preprocess(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
             return _train(args, cfg)
         return _plan(args, cfg)
-    except ConfigError as exc:
+    except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from torchrec_models.data.criteo_preprocess import CriteoDataError, PreprocessOptions, preprocess
+
+    sizes = None
+    if args.num_embeddings is not None and (args.config or args.overrides):
+        raise ConfigError("--num-embeddings", "give --num-embeddings or --config, not both", where="option")
+    if args.num_embeddings is not None:
+        if args.num_embeddings < 1:
+            raise ConfigError("--num-embeddings", "must be >= 1", where="option")
+        sizes = [args.num_embeddings] * 26
+    elif args.config or args.overrides:
+        sizes = load_config(args.config, args.overrides).model.table_rows()
+        if len(sizes) != 26:
+            raise ConfigError("model.num_embeddings_per_feature", f"has {len(sizes)} tables; Criteo has 26 features")
+    options = PreprocessOptions(table_sizes=sizes, frequency_threshold=args.frequency_threshold,
+                                vocab_from=args.vocab_from, on_bad_line=args.on_bad_line,
+                                chunk_rows=args.chunk_rows, progress=True)
+    try:
+        meta = preprocess(args.input, args.out, options)
+    except (CriteoDataError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"preprocessed {len(meta['files'])} file(s): {meta['rows']:,} rows, "
+          f"{meta['bad_lines_skipped']:,} bad lines skipped, {meta['seconds']:.1f} s, "
+          f"{meta['rows_per_sec'] or 0:,.0f} rows/s; {args.out / 'meta.json'}")
+    return 0
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
@@ -52,8 +126,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
     if args.nproc_per_node < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
-    preflight(cfg, args.nproc_per_node)
-    worker_args = (args.config, tuple(args.overrides), str(args.run_dir))
+    preflight(cfg, args.nproc_per_node, args.run_dir, args.resume)
+    worker_args = (args.config, tuple(args.overrides), str(args.run_dir), args.resume)
     if under_launcher() or (args.nproc_per_node == 1 and args.max_restarts == 0):
         summary = train_worker(*worker_args)
     else:
@@ -62,10 +136,20 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
         try:
             summary = launch_local(train_worker, worker_args, args.nproc_per_node, args.max_restarts)[0]
         except ChildFailedError as exc:
-            print(f"error: training failed: {exc.get_first_failure()[1].message}", file=sys.stderr)
+            rank, failure = exc.get_first_failure()
+            print(f"error: training failed on rank {rank} (exit code {failure.exitcode}); "
+                  "its traceback is printed above", file=sys.stderr)
             return 1
     if summary is not None:
         _report(summary, args.run_dir)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from torchrec_models.export import export_checkpoint
+
+    source = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {source} -> {args.out}")
     return 0
 
 
@@ -77,16 +161,35 @@ def _report(summary: dict, run_dir: Path) -> None:
         f"{rate:,.0f} examples/s, " if rate else "done: ",
         end="",
     )
-    print(f"final loss {summary['final_train_loss']:.4f}, eval auc {ev.get('auc', float('nan')):.4f}; "
+    loss = summary["final_train_loss"]
+    print(f"final loss {loss if loss is None else round(loss, 4)}, eval auc {ev.get('auc', float('nan')):.4f}; "
           f"summary in {run_dir / 'summary.json'}")
 
 
 def _plan(args: argparse.Namespace, cfg: Config) -> int:
-    from torchrec_models.planning import plan_offline
+    """Prints the plan and forecast; exits 1 with the missing memory when the tables cannot fit."""
+    from torchrec_models.planning import PlanDoesNotFit, make_cluster, plan_offline
+    from torchrec_models.pricing import parse_prices
 
-    report = plan_offline(cfg, args.world_size, args.device)
+    if args.examples is not None and args.examples < 1:
+        raise ConfigError("--examples", f"must be >= 1, got {args.examples}", where="option")
+    if not 0 < args.dense_peak_fraction <= 1:
+        raise ConfigError("--dense-peak-fraction", f"must be in (0, 1], got {args.dense_peak_fraction}", where="option")
+    try:
+        prices = parse_prices(args.price)
+    except ValueError as exc:
+        raise ConfigError("--price", str(exc), where="option") from None
+    cluster = make_cluster(cfg, args.world_size, args.device, args.nodes, args.gpu, args.hbm_gb)
+    try:
+        report = plan_offline(cfg, args.world_size, args.device, cluster=cluster, examples=args.examples,
+                              prices=prices, dense_peak_fraction=args.dense_peak_fraction)
+    except PlanDoesNotFit as exc:
+        if args.json:
+            print(json.dumps({"fits": False, "world_size": args.world_size, **exc.to_dict()}, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({k: v for k, v in report.items() if k != "text"}, indent=2))
     else:
         print(report["text"])
     return 0

@@ -219,6 +219,21 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When and where training state is saved (torch.distributed.checkpoint)."""
+
+    every: int = 0  # steps between checkpoints; 0 = none on the way
+    final: bool = True  # also at the last step
+    dir: str = ""  # empty = <run dir>/checkpoints
+    keep: int = 2  # newest complete checkpoints kept; 0 = all
+
+    def __post_init__(self) -> None:
+        for key in ("every", "keep"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"checkpoint.{key}", f"must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -226,6 +241,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         part = self.sharding.min_partition

@@ -48,3 +48,30 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict
     if a.keys() != b.keys():
         raise ValueError(f"state dicts differ in keys: {sorted(a.keys() ^ b.keys())}")
     return {k: float((a[k].float() - b[k].float()).abs().max()) for k in a}
+
+
+def _eval_logits(config_path: str | None, overrides: list[str], checkpoint: str, steps: int) -> Any:
+    """Rank body: restore ``checkpoint`` and return all ranks' eval logits, in global batch order."""
+    quiet_library_noise()
+    import torch.distributed as dist
+
+    from torchrec_models.distributed import process_group
+    from torchrec_models.train.trainer import Trainer
+
+    cfg = load_config(config_path, overrides)
+    with process_group("cpu") as env:
+        trainer = Trainer(cfg, env, run_dir=None)
+        trainer.resume(checkpoint)
+        model = trainer.plain_model().eval()
+        batches = trainer.source.eval_batches(env.rank, env.world_size, cfg.train.batch_size, range(steps))
+        with torch.no_grad():
+            mine = [model(b.to(env.device))[1][1] for b in batches]
+        gathered: list[Any] = [None] * env.world_size
+        dist.all_gather_object(gathered, mine)
+        return torch.cat([gathered[r][s] for s in range(steps) for r in range(env.world_size)])
+
+
+def sharded_eval_logits(config_path: str | None, overrides: list[str], checkpoint: str, world_size: int,
+                        steps: int) -> torch.Tensor:
+    """Eval-stream logits of the sharded model restored from ``checkpoint`` at ``world_size`` ranks."""
+    return launch_local(_eval_logits, (config_path, overrides, checkpoint, steps), world_size)[0]

@@ -10,7 +10,7 @@ from torchrec_models.config import Config, ConfigError, load_config
 from torchrec_models.quiet import quiet_library_noise
 
 
-def preflight(cfg: Config, nproc: int) -> None:
+def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str = "none") -> None:
     """Checks what can be checked before any process starts or any file is written."""
     from torchrec_models.sharding import validate_for_device
 
@@ -20,9 +20,23 @@ def preflight(cfg: Config, nproc: int) -> None:
     if wants_cuda and nproc > torch.cuda.device_count():
         raise ConfigError("--nproc-per-node", f"{nproc} ranks but {torch.cuda.device_count()} GPUs", where="option")
     validate_for_device(cfg, "cuda" if wants_cuda else "cpu")
+    if run_dir is not None:
+        check_resume(cfg, run_dir, resume)
 
 
-def train_worker(config_path: str | None, overrides: tuple[str, ...], run_dir: str) -> dict[str, Any] | None:
+def check_resume(cfg: Config, run_dir: Path, resume: str) -> None:
+    """The checkpoint a resume would load must exist, be complete and match the config's tables."""
+    from torchrec_models.train.checkpoint import check_compatible, read_manifest, resolve_resume
+
+    root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+    path = resolve_resume(resume, root)
+    if path is not None:
+        check_compatible(read_manifest(path), cfg, path)
+
+
+def train_worker(
+    config_path: str | None, overrides: tuple[str, ...], run_dir: str, resume: str = "auto"
+) -> dict[str, Any] | None:
     """One rank's whole life; rank 0 returns the summary."""
     quiet_library_noise()
     from torchrec_models.distributed import process_group
@@ -30,5 +44,5 @@ def train_worker(config_path: str | None, overrides: tuple[str, ...], run_dir: s
 
     cfg = load_config(config_path, list(overrides))
     with process_group(cfg.sharding.device) as env:
-        summary = run_training(cfg, env, Path(run_dir))
+        summary = run_training(cfg, env, Path(run_dir), resume)
         return summary if env.is_main else None

@@ -95,19 +95,13 @@ def parse_block(block: bytes) -> ParsedBlock:
     starts = np.concatenate((line_starts[:, None], ends[:, :-1] + 1), axis=1)
     padded = np.concatenate((np.zeros(_PAD, dtype=np.uint8), buf))
     labels, ok_label = _parse_labels(buf, starts[:, 0], ends[:, 0])
-    dense, ok_dense = _parse_ints(padded, starts[:, 1:14], ends[:, 1:14])
-    cats, ok_cats = _parse_hex(padded, starts[:, 14:], ends[:, 14:])
+    dense, ok_dense = _parse_grid(padded, starts[:, 1:14], ends[:, 1:14], _int_fast, _int_general)
+    cats, ok_cats = _parse_grid(padded, starts[:, 14:], ends[:, 14:], _hex_fast, _hex_general)
     ok = ok_label & ok_dense & ok_cats
     bad = ~whole
     bad[np.flatnonzero(whole)[~ok]] = True
     transformed = np.log1p(np.maximum(dense[ok], 0).astype(np.float64)).astype(np.float32)
-    return ParsedBlock(labels[ok], transformed, cats[ok], bad)
-
-
-def _windows(padded: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
-    """The ``width`` bytes before each field end, right-aligned: [..., width] uint8."""
-    view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1))
-    return view[ends + _PAD - width]
+    return ParsedBlock(labels[ok], transformed, cats[ok].astype(np.uint64), bad)
 
 
 def _parse_labels(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,18 +110,44 @@ def _parse_labels(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tupl
     return (first == ord("1")).astype(np.int32), ok
 
 
-def _parse_ints(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Optionally signed decimal integers, missing = 0: (int64 values, bool line ok)."""
-    n, cols = starts.shape
-    values = np.zeros((n, cols), dtype=np.int64)
-    ok = np.ones(n, dtype=bool)
-    for c in range(cols):
-        values[:, c], col_ok = _parse_int_column(padded, starts[:, c], ends[:, c])
-        ok &= col_ok
-    return values, ok
+def _parse_grid(padded, starts, ends, fast, general) -> tuple[np.ndarray, np.ndarray]:
+    """Parses a [lines, columns] grid of fields: ``fast`` on the 8 bytes before each field end,
+    ``general`` for the fields ``fast`` cannot vouch for. Returns (values, line ok)."""
+    words = np.ndarray((len(padded) - 7,), dtype=">u8", buffer=padded, strides=(1,))
+    values, ok = fast(words[ends + _PAD - 8].astype(np.uint64), ends - starts)
+    redo = ~ok
+    if redo.any():
+        values[redo], ok[redo] = general(padded, starts[redo], ends[redo])
+    return values, ok.all(axis=1)
 
 
-def _parse_int_column(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _lanes(x: int) -> int:
+    """A byte repeated in all 8 lanes of a 64-bit word."""
+    return x * 0x0101010101010101
+
+
+_LOW_LANES = np.array([(1 << (8 * n)) - 1 for n in range(8)] + [2**64 - 1], dtype=np.uint64)
+
+
+def _int_fast(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integers of up to 8 characters (sign included) held in the low bytes of ``x``, SWAR style."""
+    n = np.minimum(lengths, 8)
+    first = (x >> (8 * np.maximum(n - 1, 0)).astype(np.uint64)) & np.uint64(0xFF)
+    negative = (lengths > 0) & (first == ord("-"))
+    digits = _LOW_LANES[n - negative]
+    low = x & _lanes(0x0F)
+    ok = ((x & _lanes(0xF0) & digits) == (_lanes(0x30) & digits))
+    ok &= ((low + _lanes(0x06)) & _lanes(0x10) & digits) == 0
+    ok &= (lengths <= 8) & ((lengths == 0) | (lengths - negative >= 1))
+    v = low & digits
+    v = ((v >> 8) & 0x00FF00FF00FF00FF) * 10 + (v & 0x00FF00FF00FF00FF)
+    v = ((v >> 16) & 0x0000FFFF0000FFFF) * 100 + (v & 0x0000FFFF0000FFFF)
+    v = ((v >> 32) * 10000 + (v & 0xFFFFFFFF)).astype(np.int64)
+    return np.where(negative, -v, v), ok
+
+
+def _int_general(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optionally signed decimal integers of any length up to 18 digits, missing = 0."""
     lengths = ends - starts
     width = int(min(max(lengths.max(initial=0), 1), _MAX_INT_DIGITS + 1))
     chars = _windows(padded, ends, width)
@@ -142,18 +162,45 @@ def _parse_int_column(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) 
     return np.where(negative, -value, value), ok
 
 
-def _parse_hex(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Hex values up to 16 digits, missing = 0: (uint64 values, bool line ok)."""
+def _hex_fast(x: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exactly 8 hex digits in one case (Criteo's form), or missing; SWAR, checked by re-encoding."""
+    nibbles = (x & _lanes(0x0F)) + 9 * ((x >> 6) & _lanes(0x01))
+    v = (nibbles | (nibbles >> 4)) & 0x00FF00FF00FF00FF
+    v = (v | (v >> 8)) & 0x0000FFFF0000FFFF
+    v = (v | (v >> 16)) & 0xFFFFFFFF
+    back = _spread_nibbles(v)
+    above9 = ((back + _lanes(0x06)) >> 4) & _lanes(0x01)
+    ascii_digits = back + _lanes(0x30)
+    same = (ascii_digits + above9 * 0x27 == x) | (ascii_digits + above9 * 0x07 == x)
+    eight = lengths == 8
+    return np.where(eight, v, 0), (eight & same) | (lengths == 0)
+
+
+def _spread_nibbles(v: np.ndarray) -> np.ndarray:
+    """A 32-bit value's 8 nibbles, most significant first, one per byte lane."""
+    x = ((v << 16) | v) & 0x0000FFFF0000FFFF
+    x = ((x << 8) | x) & 0x00FF00FF00FF00FF
+    return ((x << 4) | x) & _lanes(0x0F)
+
+
+def _hex_general(padded: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hex values of 1 to 16 digits in any case, missing = 0."""
     lengths = ends - starts
     width = int(min(max(lengths.max(initial=0), 1), _MAX_HEX_DIGITS))
     width += width % 2
-    nibbles = _HEX[_windows(padded, ends, width)]  # [n, 26, width]
-    inside = np.arange(width) >= (width - lengths)[..., None]
-    ok = ((nibbles != 255) | ~inside).all(axis=2) & (lengths <= _MAX_HEX_DIGITS)
+    nibbles = _HEX[_windows(padded, ends, width)]  # [m, width]
+    inside = np.arange(width) >= (width - lengths)[:, None]
+    ok = ((nibbles != 255) | ~inside).all(axis=1) & (lengths <= _MAX_HEX_DIGITS)
     nibbles = np.where(inside & (nibbles != 255), nibbles, 0).astype(np.uint8)
-    packed = np.zeros(nibbles.shape[:2] + (8,), dtype=np.uint8)
-    packed[..., 8 - width // 2:] = (nibbles[..., 0::2] << 4) | nibbles[..., 1::2]
-    return packed.view(">u8")[..., 0].astype(np.uint64), ok.all(axis=1)
+    packed = np.zeros((len(nibbles), 8), dtype=np.uint8)
+    packed[:, 8 - width // 2:] = (nibbles[:, 0::2] << 4) | nibbles[:, 1::2]
+    return packed.view(">u8")[:, 0].astype(np.uint64), ok
+
+
+def _windows(padded: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """The ``width`` bytes before each field end, right-aligned: [..., width] uint8."""
+    view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1))
+    return view[ends + _PAD - width]
 
 
 def describe_bad_line(line: bytes) -> str:
@@ -246,26 +293,33 @@ def scan_file(scan: Scan, chunk_rows: int, on_bad_line: str, bar) -> Iterator[Pa
 
 
 class ValueCounts:
-    """Occurrences of each raw value of each feature, merged block by block (sorted arrays)."""
+    """Occurrences of each raw value of each feature. Block counts are buffered and merged in
+    batches at least as large as the counts so far, so merging costs O(n log n) overall;
+    memory grows with the number of distinct values, not with the rows read."""
 
-    def __init__(self, features: int = CAT_FEATURES) -> None:
+    def __init__(self, features: int = CAT_FEATURES, min_merge: int = 1 << 20) -> None:
         self.keys = [np.zeros(0, dtype=np.uint64) for _ in range(features)]
         self.counts = [np.zeros(0, dtype=np.int64) for _ in range(features)]
+        self.pending: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(features)]
+        self.min_merge = min_merge
 
     def add(self, cats: np.ndarray) -> None:
         for f in range(cats.shape[1]):
-            values, counts = np.unique(cats[:, f], return_counts=True)
-            keys = self.keys[f]
-            pos = np.searchsorted(keys, values)
-            found = pos < len(keys)
-            found[found] = keys[pos[found]] == values[found]
-            self.counts[f][pos[found]] += counts[found]
-            new = ~found
-            self.keys[f] = np.insert(keys, pos[new], values[new])
-            self.counts[f] = np.insert(self.counts[f], pos[new], counts[new])
+            self.pending[f].append(np.unique(cats[:, f], return_counts=True))
+            if sum(len(k) for k, _ in self.pending[f]) >= max(self.min_merge, len(self.keys[f])):
+                self._merge(f)
+
+    def _merge(self, f: int) -> None:
+        keys = np.concatenate([self.keys[f]] + [k for k, _ in self.pending[f]])
+        counts = np.concatenate([self.counts[f]] + [c for _, c in self.pending[f]])
+        self.keys[f], inverse = np.unique(keys, return_inverse=True)
+        self.counts[f] = np.bincount(inverse, weights=counts, minlength=len(self.keys[f])).astype(np.int64)
+        self.pending[f] = []
 
     def vocabulary(self, threshold: int) -> list[np.ndarray]:
         """Each feature's values seen at least ``threshold`` times, ascending."""
+        for f in range(len(self.keys)):
+            self._merge(f)
         return [k[c >= threshold] for k, c in zip(self.keys, self.counts)]
 
 
@@ -327,7 +381,7 @@ class PreprocessOptions:
     frequency_threshold: int = 0  # 0 = no vocabulary
     vocab_from: Path | None = None  # reuse the vocabulary of an earlier output directory
     on_bad_line: str = "error"
-    chunk_rows: int = 200_000
+    chunk_rows: int = 32768  # lines per parsed block; small blocks stay in cache
     progress: bool = True
 
     def validate(self) -> None:

@@ -33,10 +33,10 @@ class CriteoTeacher:
     interacting: tuple[int, ...] = INTERACTING
     zipf_exponent: float = 1.1
     factor_dim: int = 4
-    main_scale: float = 0.5
-    dense_scale: float = 0.35
+    main_scale: float = 0.2
+    dense_scale: float = 0.2
     interaction_scale: float = 1.0
-    bias: float = -1.4
+    bias: float = -1.2
     params: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

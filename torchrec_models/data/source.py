@@ -35,4 +35,8 @@ class SyntheticSource:
 def make_source(cfg: Config) -> BatchSource:
     if cfg.data.kind == "synthetic":
         return SyntheticSource(cfg)
+    if cfg.data.kind == "criteo":
+        from torchrec_models.data.criteo_reader import CriteoSource
+
+        return CriteoSource(cfg)
     raise ConfigError("data.kind", f"{cfg.data.kind!r} has no reader in this build")

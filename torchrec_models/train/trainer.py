@@ -16,16 +16,20 @@ from torchrec_models.data.source import make_source
 from torchrec_models.distributed import DistEnv
 from torchrec_models.sharded_model import build_sharded_model
 from torchrec_models.sharding import describe_plan, format_plan
+from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from torchrec_models.train.metrics import EvalMetrics
 from torchrec_models.train.optim import LRSchedule, build_optimizer
 from torchrec_models.train.outputs import RunWriter
 from torchrec_models.train.throughput import ThroughputMeter
 
 
-def segments(steps: int, every: int) -> list[tuple[int, int]]:
-    """[start, stop) step ranges between evaluations."""
-    every = every or steps
-    return [(s, min(steps, s + every)) for s in range(0, steps, every)]
+def boundaries(start: int, steps: int, *periods: int) -> list[int]:
+    """Steps in (start, steps] where something happens: multiples of each period, and the end."""
+    points = {steps}
+    for period in periods:
+        if period:
+            points.update(range(period * (start // period + 1), steps, period))
+    return sorted(p for p in points if p > start)
 
 
 class Trainer:
@@ -43,6 +47,20 @@ class Trainer:
         self.global_batch = cfg.train.batch_size * env.world_size
         self.losses: list[float] = []
         self.history: list[dict[str, Any]] = []
+        self.start_step = 0
+        self.optimizer.init_state()  # optimizer state exists before the first step, for checkpoints
+        ckpt = cfg.checkpoint
+        self.checkpoint_root = Path(ckpt.dir) if ckpt.dir else (run_dir / "checkpoints" if run_dir else None)
+
+    def resume(self, resume: str) -> None:
+        """Restores the newest complete checkpoint (``auto``), a given one (a path), or nothing."""
+        if self.checkpoint_root is None and resume == "auto":
+            return
+        path = resolve_resume(resume, self.checkpoint_root or Path("."))
+        if path is not None:
+            self.start_step = load_checkpoint(self, path)
+            if self.env.is_main:
+                print(f"resumed from {path} at step {self.start_step}", flush=True)
 
     def announce_plan(self) -> None:
         if self.env.is_main:
@@ -66,15 +84,27 @@ class Trainer:
         """Trains ``train.steps`` steps, evaluating every ``train.eval_every`` and at the end."""
         t = self.cfg.train
         meter = self.make_meter()
-        bar = tqdm(total=t.steps, disable=not self.env.is_main, desc="train", unit="step",
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)
+        bar = tqdm(total=t.steps, initial=self.start_step, disable=not self.env.is_main, desc="train",
+                   unit="step", mininterval=0.5 if sys.stderr.isatty() else 10.0)
         evaluation: dict[str, float] = {}
-        for start, stop in segments(t.steps, t.eval_every):
+        start = self.start_step
+        for stop in boundaries(start, t.steps, t.eval_every, self.cfg.checkpoint.every):
             self.train_steps(start, stop, meter, bar)
-            evaluation = self.evaluate(stop)
-            meter.pause()
+            if stop == t.steps or (t.eval_every and stop % t.eval_every == 0):
+                evaluation = self.evaluate(stop)
+                meter.pause()
+            self._maybe_checkpoint(stop)
+            start = stop
         bar.close()
+        if not evaluation:  # resumed at the very end
+            evaluation = self.evaluate(t.steps)
         return self._summary(meter, evaluation)
+
+    def _maybe_checkpoint(self, step: int) -> None:
+        c = self.cfg.checkpoint
+        due = (c.every and step % c.every == 0) or (c.final and step == self.cfg.train.steps)
+        if due and self.checkpoint_root is not None:
+            save_checkpoint(self, self.checkpoint_root, step, c.keep)
 
     def train_steps(
         self, start: int, stop: int, meter: ThroughputMeter | None = None, bar: tqdm | None = None
@@ -93,7 +123,7 @@ class Trainer:
             meter.step_done(step)
             bar.update(1)
             if (step + 1) % t.log_every == 0 or step + 1 == stop:
-                mean_loss = float(window_loss) / window_steps
+                mean_loss = _mean_over_ranks(float(window_loss) / window_steps, self.env.device)
                 self.losses.append(mean_loss)
                 self._log_train(step + 1, mean_loss, factor, meter, bar)
                 window_loss.zero_()
@@ -129,10 +159,11 @@ class Trainer:
     def _summary(self, meter: ThroughputMeter, evaluation: dict[str, float]) -> dict[str, Any]:
         rss = _gather(runinfo.peak_rss_bytes())
         device_peak = _gather(runinfo.peak_device_bytes(self.env.device))
-        final_loss = _mean_over_ranks(self.losses[-1] if self.losses else float("nan"), self.env.device)
+        final_loss = self.losses[-1] if self.losses else None
         return {
             "world_size": self.env.world_size,
             "steps": self.cfg.train.steps,
+            "resumed_from_step": self.start_step,
             "global_batch_size": self.global_batch,
             "examples_per_sec": meter.median(),
             "examples_per_sec_percentiles": meter.percentiles(),
@@ -172,10 +203,11 @@ def _mean_over_ranks(value: float, device: torch.device) -> float:
     return float(t)
 
 
-def run_training(cfg: Config, env: DistEnv, run_dir: Path | None) -> dict[str, Any]:
-    """Builds, trains, evaluates; rank 0 writes ``summary.json``. Returns the summary."""
+def run_training(cfg: Config, env: DistEnv, run_dir: Path | None, resume: str = "auto") -> dict[str, Any]:
+    """Builds, resumes if asked, trains, evaluates; rank 0 writes ``summary.json``."""
     trainer = Trainer(cfg, env, run_dir)
     try:
+        trainer.resume(resume)
         trainer.announce_plan()
         summary = trainer.fit()
         trainer.writer.write("summary.json", summary)

@@ -1,0 +1,132 @@
+"""The GPU path: the same code on cuda + NCCL, in a world of one (skipped without CUDA)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+
+from torchrec_models.config import load_config
+from torchrec_models.distributed import process_group
+from torchrec_models.state import gather_full_state_dict
+from torchrec_models.train.trainer import Trainer
+
+pytestmark = pytest.mark.gpu
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = str(ROOT / "configs" / "tiny.toml")
+BASE = ["sharding.device=cuda", "sharding.type=table_wise", "train.log_every=10", "train.eval_every=0"]
+
+
+@contextmanager
+def trainer_on_gpu(*overrides: str, run_dir: Path | None = None) -> Iterator[Trainer]:
+    """A Trainer for the tiny preset on cuda:0 (NCCL), torn down afterwards."""
+    cfg = load_config(TINY, [*BASE, *overrides])
+    with process_group("cuda") as env:
+        assert (env.device.type, env.backend) == ("cuda", "nccl")
+        trainer = Trainer(cfg, env, run_dir)
+        try:
+            yield trainer
+        finally:
+            trainer.close()
+
+
+def _table_shards(model: torch.nn.Module) -> list[torch.Tensor]:
+    out = []
+    for key, value in model.state_dict().items():
+        if ".embedding_bags." in key and key.endswith(".weight"):
+            out += [s.tensor for s in value.local_shards()] if hasattr(value, "local_shards") else [value]
+    return out
+
+
+def _assert_learns(trainer: Trainer, steps: int = 60) -> None:
+    trainer.train_steps(0, steps)
+    assert all(math.isfinite(x) for x in trainer.losses)
+    assert trainer.losses[-1] < trainer.losses[0]
+
+
+@pytest.mark.parametrize("kernel", ["fused", "fused_uvm_caching"])
+@pytest.mark.parametrize("arch", ["dlrm", "dcn"])
+def test_train_steps(arch: str, kernel: str) -> None:
+    with trainer_on_gpu(f"model.arch={arch}", f"sharding.kernel={kernel}") as trainer:
+        assert {t["compute_kernel"] for t in trainer.plan.values()} == {kernel}
+        _assert_learns(trainer)
+        if kernel == "fused":
+            assert all(t.is_cuda for t in _table_shards(trainer.model))
+
+
+def test_uvm_cache_size_reaches_fbgemm() -> None:
+    with trainer_on_gpu("sharding.kernel=fused_uvm_caching", "sharding.cache_load_factor=0.5") as trainer:
+        plan = trainer.planned.plan.plan["model.sparse_arch.embedding_bag_collection"]
+        assert {ps.cache_params.load_factor for ps in plan.values()} == {0.5}
+        caches = [m.lxu_cache_weights for m in trainer.model.modules() if hasattr(m, "lxu_cache_weights")]
+        rows = sum(trainer.cfg.model.table_rows())
+        assert caches and 0.4 * rows <= sum(c.size(0) for c in caches) <= 0.6 * rows
+        _assert_learns(trainer, 30)
+
+
+def test_fp16_tables() -> None:
+    with trainer_on_gpu("model.embedding_dtype=fp16") as trainer:
+        shards = _table_shards(trainer.model)
+        assert shards and {t.dtype for t in shards} == {torch.float16}
+        assert all(t.abs().max() > 0 for t in shards)  # table_init wrote into the fp16 shards
+        _assert_learns(trainer)
+
+
+@pytest.mark.parametrize("qcomm", ["fp16", "bf16"])
+def test_quantized_comms_with_bf16_dense(qcomm: str) -> None:
+    with trainer_on_gpu(f"sharding.qcomm={qcomm}", "train.precision=bf16") as trainer:
+        _assert_learns(trainer)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_follows_the_config(tf32: bool) -> None:
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        with trainer_on_gpu(f"train.tf32={str(tf32).lower()}") as trainer:
+            assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
+            trainer.train_steps(0, 10)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    checkpoint = pytest.importorskip("torchrec_models.train.checkpoint")
+    save, load = getattr(checkpoint, "save_checkpoint", None), getattr(checkpoint, "load_checkpoint", None)
+    if save is None or load is None:
+        pytest.skip("torchrec_models.train.checkpoint has no save_checkpoint / load_checkpoint")
+    with trainer_on_gpu(run_dir=tmp_path / "run") as trainer:
+        trainer.train_steps(0, 20)
+        path = save(trainer, tmp_path / "ckpt", 20, 1)
+        saved = gather_full_state_dict(trainer.model)
+        trainer.train_steps(20, 40)
+        moved = gather_full_state_dict(trainer.model)
+        assert any(not torch.equal(saved[k], moved[k]) for k in saved)
+        assert load(trainer, Path(path)) == 20
+        restored = gather_full_state_dict(trainer.model)
+        for key, value in saved.items():
+            assert torch.equal(restored[key], value), key
+        trainer.train_steps(20, 30)
+        assert math.isfinite(trainer.losses[-1])
+
+
+def test_cli_trains_on_cuda(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(
+        [sys.executable, "-m", "torchrec_models", "train", "--config", TINY, "--run-dir", str(run_dir),
+         "--set", "sharding.device=cuda", "train.steps=60", "train.eval_every=0", "model.arch=dcn"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["device"].startswith("cuda") and summary["backend"] == "nccl"
+    assert summary["examples_per_sec"] > 0 and summary["eval"]["auc"] > 0.5

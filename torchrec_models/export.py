@@ -1,0 +1,51 @@
+"""Export: a checkpoint's sharded state -> one consolidated, unsharded state dict file.
+
+The file holds only tensors, so ``torch.load(path, weights_only=True)`` reads it, and it loads
+into ``build_model(...)`` built with tables on the CPU. No process group is needed: DCP
+reassembles every table from whatever shards and world size wrote it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from torchrec_models.config import build_config
+from torchrec_models.models import RankingModel, build_model
+from torchrec_models.train.checkpoint import CheckpointError, read_manifest, resolve_resume
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint folder as given, or the newest complete one of a run directory."""
+    for candidate in (path, path / "checkpoints"):
+        try:
+            found = resolve_resume(str(candidate), candidate)
+        except CheckpointError:
+            continue
+        if found is not None:
+            return found
+    raise CheckpointError(f"{path}: no complete checkpoint here or under {path / 'checkpoints'}")
+
+
+def load_unsharded(checkpoint: Path) -> RankingModel:
+    """The unsharded model on the CPU with the checkpoint's weights."""
+    manifest = read_manifest(checkpoint)
+    cfg = build_config(manifest["config"])
+    model = build_model(cfg.model, torch.device("cpu"), cfg.train.seed, table_device="cpu")
+    state = model.state_dict()
+    dcp.load({"model": state}, checkpoint_id=str(checkpoint), no_dist=True)
+    model.load_state_dict(state)
+    return model
+
+
+def export_checkpoint(path: Path, out: Path) -> Path:
+    """Writes the consolidated state dict of the checkpoint at (or newest under) ``path`` to ``out``."""
+    checkpoint = find_checkpoint(path)
+    model = load_unsharded(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, out)
+    return checkpoint
