@@ -21,6 +21,24 @@ def _run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _soak(argv: list[str]) -> int:
+    from benchmarks.soak import run_soak
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks soak", description="RSS over a long run")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--config", default="configs/tiny.toml")
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
+    p.add_argument("--nproc", type=int, default=2)
+    args = p.parse_args(argv)
+    summary = run_soak(args.config, args.overrides, args.minutes, args.nproc, args.out)
+    for r in summary["ranks"]:
+        slope = r["slope_mib_per_min"]
+        print(f"rank {r['rank']}: RSS {r['first_rss_mib']:.0f} -> {r['last_rss_mib']:.0f} MiB, "
+              f"slope {'-' if slope is None else f'{slope:+.2f}'} MiB/min over {summary['steps']} steps")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_noise()
@@ -33,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv[1:])
         print(format_comparison(compare_dirs(args.a, args.b)))
         return 0
+    if argv[:1] == ["soak"]:
+        return _soak(argv[1:])
     if argv[:1] == ["report"]:
         from benchmarks.report import write_report
 

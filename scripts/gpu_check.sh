@@ -128,8 +128,15 @@ if results.is_file():
     records = [json.loads(l) for l in results.read_text().splitlines() if l.strip()]
 parts = {name: {"exit": kv[name], "seconds": int(kv[f"{name}_s"])} for name in ("install", "versions", "tests", "bench")}
 parts["tests"].update({k: tests.get(k) for k in ("passed", "failed", "error", "skipped")})
+def short(error):
+    """The line of a (possibly multi-line) failure that names the exception."""
+    if not error:
+        return None
+    lines = [l.strip() for l in error.splitlines() if l.strip() and not set(l.strip()) <= set("=-")]
+    named = [l for l in lines if "Error" in l or "error" in l]
+    return (named or lines or [error])[-1][:300]
 parts["bench"]["rows"] = [
-    {"row": r.get("row"), "error": r.get("error"),
+    {"row": r.get("row"), "error": short(r.get("error")),
      "examples_per_sec": (r.get("throughput") or {}).get("examples_per_sec"),
      "usd_per_million_examples": (r.get("cost") or {}).get("usd_per_million_examples")}
     for r in records

@@ -119,3 +119,13 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
 def test_record_schema_rejects_missing_fields() -> None:
     with pytest.raises(ValueError, match="lacks 'suite'"):
         validate_record({})
+
+
+def test_soak_slope_fit() -> None:
+    from benchmarks.soak import slope_mib_per_min
+
+    leak = [{"seconds": 60.0 * i, "rss_bytes": (100 + 5 * i) * 2**20} for i in range(11)]
+    flat = [{"seconds": 60.0 * i, "rss_bytes": 100 * 2**20} for i in range(11)]
+    assert slope_mib_per_min(leak) == pytest.approx(5.0)
+    assert slope_mib_per_min(flat) == pytest.approx(0.0)
+    assert slope_mib_per_min(leak[:2]) is None

@@ -122,3 +122,14 @@ def test_cli_rejects_bad_config_and_writes_nothing(tmp_path: Path) -> None:
     assert "train.batch_size" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not run_dir.exists()
+
+
+def test_config_loading_executes_no_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = f"__import__('os').system('touch {marker}')"
+    with pytest.raises(ConfigError):
+        load_config(TINY, [f"train.batch_size={payload}"])
+    evil = tmp_path / "evil.toml"
+    evil.write_text(f'[data]\npath = "{payload}"\n')
+    assert load_config(evil).data.path == payload  # stays a string
+    assert not marker.exists()
