@@ -177,7 +177,7 @@ def plan_offline(
         sparse_ms = sparse_ms_per_rank(getattr(planner, "_best_plan", None) or [], cluster.world_size)
         for row, ms in zip(ranks, sparse_ms):
             row["sparse_ms"] = ms
-        report["forecast"] = forecast(cfg, cluster, sparse_ms, params["dense_params"], examples,
+        report["forecast"] = forecast(cfg, cluster, cluster.gpu, sparse_ms, params["dense_params"], examples,
                                       prices or DEFAULT_PRICES_USD_PER_HOUR, dense_peak_fraction)
     report["text"] = format_report(report)
     return report
@@ -253,25 +253,25 @@ def sparse_ms_per_rank(best_plan: list[ShardingOption], world_size: int) -> list
 
 
 def dense_precision(cfg: Config) -> str:
+    """Which of the card's peaks the dense part runs at: bf16 autocast, else TF32 or plain fp32."""
     if cfg.train.precision == "bf16":
         return "bf16"
     return "tf32" if cfg.train.tf32 else "fp32"
 
 
 def forecast(
-    cfg: Config, cluster: Cluster, sparse_ms: list[float], dense_params: int, examples: int | None,
+    cfg: Config, cluster: Cluster, gpu: GpuSpec, sparse_ms: list[float], dense_params: int, examples: int | None,
     prices: dict[str, float], fraction: float,
 ) -> dict[str, Any]:
     """Step time, examples/s and cost from the planner's estimates and the dense part's FLOPs."""
-    gpu = cluster.gpu
-    assert gpu is not None
     batch = cfg.train.batch_size
     precision = dense_precision(cfg)
     flops = dense_train_flops_per_example(cfg)
     dense_ms = flops * batch / (gpu.peak_tflops[precision] * 1e12 * fraction) * 1e3
     ring_bw = gpu.intra_host_bw if cluster.nodes == 1 else gpu.inter_host_bw
     w = cluster.world_size
-    allreduce_ms = 2 * (w - 1) / w * dense_params * 4 / (ring_bw * 1e9) * 1e3 if w > 1 else 0.0
+    grad_bytes = dense_params * 4  # DDP reduces fp32 gradients, also under bf16 autocast
+    allreduce_ms = 2 * (w - 1) / w * grad_bytes / (ring_bw * 1e9) * 1e3 if w > 1 else 0.0
     critical = max(sparse_ms) if sparse_ms else 0.0
     step_ms = critical + dense_ms + allreduce_ms
     rate = w * batch / (step_ms / 1e3)
@@ -312,15 +312,17 @@ def format_report(report: dict[str, Any]) -> str:
                  f"dense {report['dense_params']:,})")
     f = report["forecast"]
     if f:
-        lines += [
-            f"forecast, batch {report['batch_size_per_rank']} per rank:",
-            f"  sparse (planner, slowest rank {f['sparse_critical_rank']}) {f['sparse_critical_ms']:8.2f} ms",
-            f"  dense ({f['dense_flops_per_example'] / 1e6:.1f} MFLOP/example at {f['dense_peak_fraction']:.0%} "
-            f"of {f['dense_peak_tflops']:g} TFLOP/s {f['dense_precision']}) {f['dense_ms']:8.2f} ms",
-            f"  dense gradient all-reduce {f['dense_allreduce_ms']:8.2f} ms",
-            f"  step {f['step_ms']:.2f} ms -> {f['examples_per_sec']:,.0f} examples/s, "
-            f"${f['usd_per_million_examples']:.3g} per 1M examples at ${f['usd_per_gpu_hour']:.2f}/GPU-hour",
+        parts = [
+            (f"sparse: planner's estimate, slowest rank ({f['sparse_critical_rank']})", f["sparse_critical_ms"]),
+            (f"dense: {f['dense_flops_per_example'] / 1e6:.1f} MFLOP/example at {f['dense_peak_fraction']:.0%} "
+             f"of {f['dense_peak_tflops']:g} TFLOP/s {f['dense_precision']}", f["dense_ms"]),
+            ("dense gradient all-reduce", f["dense_allreduce_ms"]),
+            ("step", f["step_ms"]),
         ]
+        lines.append(f"forecast, batch {report['batch_size_per_rank']} per rank:")
+        lines += [f"  {label:<58}{ms:8.2f} ms" for label, ms in parts]
+        lines.append(f"  {f['examples_per_sec']:,.0f} examples/s, ${f['usd_per_million_examples']:.3g} per 1M examples "
+                     f"at ${f['usd_per_gpu_hour']:.2f}/GPU-hour")
         if "run_usd" in f:
             lines.append(f"  {f['run_examples']:,} examples: {f['run_hours']:.2f} h, ${f['run_usd']:,.2f}")
     else:

@@ -15,3 +15,10 @@ def quiet_library_noise() -> None:
     warnings.filterwarnings("ignore", message=".*Sparse invariant checks.*")
     for name in ("torchrec", "torch.fx", "torch.distributed.elastic", "fbgemm_gpu", "torchx"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # torchrec's planner logs this on the root logger for every data-parallel table (which has none by design)
+    if _no_spec_chatter not in logging.getLogger().filters:
+        logging.getLogger().addFilter(_no_spec_chatter)
+
+
+def _no_spec_chatter(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Sharding spec not found for ")

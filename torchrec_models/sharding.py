@@ -2,12 +2,14 @@
 
 ``sharding.type`` unset leaves every choice to the planner; set, it forces one type (and
 ``sharding.per_table`` one type per table). The planner proposes data_parallel, table_wise,
-column_wise and table_column_wise on CPU; row_wise and table_row_wise are built by hand
-there (they run fine on gloo) and their memory estimate still comes from the planner.
+column_wise and table_column_wise on CPU, and model-parallel types only with the fused kernels;
+row_wise and table_row_wise on CPU, and model-parallel types on the dense kernel, are built by
+hand (they run fine) and their memory estimate still comes from the planner, asked through a
+sharder that offers them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -27,15 +29,21 @@ EBC_PATH = "model.sparse_arch.embedding_bag_collection"
 GIB = 1024**3
 HAND_BUILT_ON_CPU = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value}
 UVM_CACHING = EmbeddingComputeKernel.FUSED_UVM_CACHING.value
+DENSE = EmbeddingComputeKernel.DENSE.value
 COMM_TYPES = {"fp16": CommType.FP16, "bf16": CommType.BF16}
 
 
-class CpuRowWiseSharder(EmbeddingBagCollectionSharder):
-    """An EBC sharder that also offers row_wise / table_row_wise on CPU (used for estimates)."""
+class ExtendedSharder(EmbeddingBagCollectionSharder):
+    """An EBC sharder that also offers row_wise / table_row_wise on CPU and the dense kernel for
+    every type, so the planner can estimate hand-built plans."""
 
     def sharding_types(self, compute_device_type: str) -> list[str]:
         types = super().sharding_types(compute_device_type)
         return types + sorted(HAND_BUILT_ON_CPU - set(types))
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> list[str]:
+        kernels = super().compute_kernels(sharding_type, compute_device_type)
+        return kernels if DENSE in kernels else kernels + [DENSE]
 
 
 @dataclass
@@ -84,7 +92,7 @@ def make_sharders(
     cfg: Config, extend_cpu: bool = False, device_type: str = "cuda"
 ) -> list[EmbeddingBagCollectionSharder]:
     """The EBC sharder with the fused optimizer and, if ``sharding.qcomm`` is set, quantized comms."""
-    cls = CpuRowWiseSharder if extend_cpu else EmbeddingBagCollectionSharder
+    cls = ExtendedSharder if extend_cpu else EmbeddingBagCollectionSharder
     return [cls(fused_params=fused_params(cfg.train), qcomm_codecs_registry=qcomm_registry(cfg, device_type))]
 
 
@@ -124,10 +132,13 @@ def make_plan(
     ``planner`` (from ``make_planner``) lets a caller keep its enumerator and storage reservation.
     """
     validate_for_device(cfg, device_type)
+    hand_built = needs_hand_built_plan(cfg, device_type)
+    # torchrec's planner refuses the dense kernel for sharded tables: estimate those as fused.
+    dense_sharded = hand_built and cfg.sharding.kernel == DENSE
+    plan_cfg = replace(cfg, sharding=replace(cfg.sharding, kernel="fused")) if dense_sharded else cfg
     if planner is None:
-        planner = make_planner(cfg, make_topology(cfg, world_size, local_world_size, device_type))
-    hand_built = device_type != "cuda" and any(t in HAND_BUILT_ON_CPU for t in table_types(cfg).values())
-    sharders = make_sharders(cfg, extend_cpu=hand_built, device_type=device_type)
+        planner = make_planner(plan_cfg, make_topology(plan_cfg, world_size, local_world_size, device_type))
+    sharders = make_sharders(plan_cfg, extend_cpu=hand_built, device_type=device_type)
     if pg is not None and dist.get_world_size(pg) > 1:
         planned = planner.collective_plan(model, sharders, pg)
     else:
@@ -136,7 +147,17 @@ def make_plan(
     if not hand_built:
         return PlanResult(planned, "planner", estimate)
     plan = hand_built_plan(cfg, model, world_size, local_world_size, device_type)
-    return PlanResult(plan, "hand-built (estimate from the planner)", estimate)
+    source = "hand-built (estimate from the planner" + (
+        " for the fused kernel; the dense kernel adds a full-size gradient per table)" if dense_sharded else ")")
+    return PlanResult(plan, source, estimate)
+
+
+def needs_hand_built_plan(cfg: Config, device_type: str) -> bool:
+    """Forced types the planner would not propose: row-wise ones on CPU, model-parallel ones on the dense kernel."""
+    forced = {t for t in table_types(cfg).values() if t}
+    row_wise_on_cpu = device_type != "cuda" and bool(forced & HAND_BUILT_ON_CPU)
+    dense_model_parallel = cfg.sharding.kernel == DENSE and bool(forced - {ShardingType.DATA_PARALLEL.value})
+    return row_wise_on_cpu or dense_model_parallel
 
 
 def make_planner(cfg: Config, topology: Topology, **parts: Any) -> EmbeddingShardingPlanner:
@@ -158,7 +179,8 @@ def hand_built_plan(
     for i, (table, kind) in enumerate(table_types(cfg).items()):
         if kind == ShardingType.TABLE_COLUMN_WISE.value:
             raise ConfigError(
-                f"sharding.per_table.{table}", "table_column_wise cannot be mixed with row-wise types on CPU"
+                f"sharding.per_table.{table}",
+                "table_column_wise has no hand-built plan (needed with row-wise types on CPU or the dense kernel)"
             )
         generators[table] = {
             "data_parallel": lambda: data_parallel(),

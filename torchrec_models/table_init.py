@@ -16,14 +16,15 @@ from torch.distributed._shard.sharded_tensor import ShardedTensor
 from torchrec_models.data.hashing import uniform
 
 _INIT_STREAM = 7
-_ROWS_PER_CHUNK = 1 << 16
+_ROWS_PER_CHUNK = 1 << 13
 
 
-def table_values(seed: int, table: int, num_rows: int, rows: range, cols: range) -> torch.Tensor:
+def table_values(seed: int, table: int, num_rows: int, rows: range, cols: range,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
     """Uniform(-1/sqrt(num_rows), 1/sqrt(num_rows)) values of one block of one table (torchrec's default)."""
     bound = math.sqrt(1.0 / num_rows)
-    r = torch.arange(rows.start, rows.stop, dtype=torch.int64)[:, None]
-    c = torch.arange(cols.start, cols.stop, dtype=torch.int64)[None, :]
+    r = torch.arange(rows.start, rows.stop, dtype=torch.int64, device=device)[:, None]
+    c = torch.arange(cols.start, cols.stop, dtype=torch.int64, device=device)[None, :]
     return ((uniform(seed, _INIT_STREAM, table, r, c) * 2.0 - 1.0) * bound).float()
 
 
@@ -32,8 +33,9 @@ def fill_block(out: torch.Tensor, seed: int, table: int, num_rows: int, row0: in
     rows, cols = out.shape
     for start in range(0, rows, _ROWS_PER_CHUNK):
         stop = min(rows, start + _ROWS_PER_CHUNK)
-        block = table_values(seed, table, num_rows, range(row0 + start, row0 + stop), range(col0, col0 + cols))
-        out[start:stop].copy_(block.to(device=out.device, dtype=out.dtype))
+        block = table_values(seed, table, num_rows, range(row0 + start, row0 + stop), range(col0, col0 + cols),
+                             device=out.device)
+        out[start:stop].copy_(block.to(dtype=out.dtype))
 
 
 @torch.no_grad()

@@ -128,7 +128,7 @@ def feistel_permute(index: np.ndarray, n: int, key: tuple[int, ...], rounds: int
     the smallest even power of two >= n, cycle-walking until every value is below n."""
     bits = max(2, int(n - 1).bit_length() + (int(n - 1).bit_length() % 2))
     half, mask = bits // 2, np.uint64((1 << (bits // 2)) - 1)
-    keys = [int(hash_coords(*key, r)) for r in range(rounds)]
+    keys = _round_keys(key, rounds)
     out = index.astype(np.uint64)
     todo = np.ones(len(out), dtype=bool)
     while todo.any():
@@ -139,6 +139,24 @@ def feistel_permute(index: np.ndarray, n: int, key: tuple[int, ...], rounds: int
         out[todo] = (left << np.uint64(half)) | right
         todo = out >= n
     return out.astype(np.int64)
+
+
+def _round_keys(key: tuple[int, ...], rounds: int) -> list[int]:
+    """Per-round 64-bit keys from the key tuple (splitmix64 on Python ints)."""
+    state, out = 0x9E3779B97F4A7C15, []
+    for part in (*key, rounds):
+        state = _splitmix64(state ^ (part & 0xFFFFFFFFFFFFFFFF))
+    for r in range(rounds):
+        out.append(_splitmix64(state + r))
+    return out
+
+
+def _splitmix64(x: int) -> int:
+    m = 0xFFFFFFFFFFFFFFFF
+    x = (x + 0x9E3779B97F4A7C15) & m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

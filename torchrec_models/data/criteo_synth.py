@@ -21,7 +21,7 @@ VOCAB_SIZES = (
     1400, 550, 20000, 9000, 300, 20, 8000, 600, 3, 30000, 5000, 15000, 3000,
     25, 7000, 20000, 12, 4000, 2000, 4, 18000, 15, 100, 12000, 40, 9000,
 )
-INTERACTING = (5, 13, 16, 19, 21, 22, 24)  # low-cardinality features whose factors interact
+INTERACTING = (5, 8, 13, 16, 19, 21)  # low-cardinality features whose factors interact
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class CriteoTeacher:
     factor_dim: int = 4
     main_scale: float = 0.2
     dense_scale: float = 0.2
-    interaction_scale: float = 1.0
+    interaction_scale: float = 2.0
     bias: float = -1.2
     params: dict = field(init=False, repr=False, compare=False)
 
