@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -62,12 +63,27 @@ def process_group(requested_device: str = "auto") -> Iterator[DistEnv]:
         if "MASTER_ADDR" not in os.environ:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, store=_restart_store(world))
     try:
         yield DistEnv(rank, world, local_rank, local_world, device, backend)
     finally:
         if created and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _restart_store(world_size: int) -> dist.Store | None:
+    """Under torch elastic, the agent's store with a prefix per restart attempt.
+
+    The agent keeps one store across restarts; without a prefix, ranks of a restarted group
+    can read the peer addresses their dead predecessors left there and fail to connect.
+    None (the env:// default) outside elastic.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timedelta(minutes=5))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"/torchrec_models/attempt_{attempt}", store)
 
 
 def _free_port() -> int:

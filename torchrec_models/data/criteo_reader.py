@@ -23,7 +23,6 @@ from torchrec_models.config import Config, ConfigError, feature_names, table_nam
 from torchrec_models.data.criteo_preprocess import (
     CAT_FEATURES, DENSE_FEATURES, CriteoDataError, array_path, dense_name, read_meta,
 )
-from torchrec_models.data.hashing import hash_coords, uniform
 
 MULTI_HOT_SEED = 0  # the synthesized multi-hot ids are a property of the data set, not of the run
 
@@ -187,20 +186,21 @@ class RowOrder:
 # ---------------------------------------------------------------- multi-hot
 
 
-def multi_hot_ids(ids: torch.Tensor, feature: int, rows: int, size: int, distribution: str) -> torch.Tensor:
+def multi_hot_ids(ids: np.ndarray, feature: int, rows: int, size: int, distribution: str) -> np.ndarray:
     """[B] one-hot ids -> [B, size] ids: slot 0 is the id itself; slot j > 0 is a fixed function of
     (feature, id, j), uniform over the table or Pareto(a=0.25) mod rows, as in the MLPerf DLRM-DCNv2
     reference (which materializes the same kind of lookup table; here it is hashed on the fly)."""
     if size == 1:
         return ids[:, None]
-    slots = torch.arange(1, size, dtype=torch.int64)[None, :]
-    coords = (MULTI_HOT_SEED, feature, ids[:, None], slots)
+    slots = np.arange(1, size, dtype=np.uint64) + np.uint64((MULTI_HOT_SEED << 40) | (feature << 16))
+    h = _mix64(ids.astype(np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15)
+               + slots[None, :] * np.uint64(0xD1B54A32D192ED03))
     if distribution == "uniform":
-        extra = (hash_coords(*coords) * rows) >> 32
+        extra = ((h >> np.uint64(32)) * np.uint64(rows)) >> np.uint64(32)
     else:
-        u = uniform(*coords)
-        extra = torch.clamp(u.pow(-4.0) - 1.0, max=2.0**62).long() % rows
-    return torch.cat([ids[:, None], extra], dim=1)
+        u = ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+        extra = np.minimum(u ** -4.0 - 1.0, 2.0**62).astype(np.int64) % rows
+    return np.concatenate([ids[:, None], extra.astype(np.int64)], axis=1)
 
 
 # ---------------------------------------------------------------- the source
@@ -254,7 +254,7 @@ class CriteoSource:
         sparse = self._check_ids(sparse, files, rows)
         return Batch(
             dense_features=torch.from_numpy(dense),
-            sparse_features=self._kjt(torch.from_numpy(np.ascontiguousarray(sparse.T)), len(rows)),
+            sparse_features=self._kjt(sparse),
             labels=torch.from_numpy(labels),
         )
 
@@ -278,15 +278,17 @@ class CriteoSource:
             f"id {int(sparse[i, f])} is outside [0, {int(self.table_rows[f])}); preprocess with --config "
             "of this model, or set data.out_of_range=hash")
 
-    def _kjt(self, values_by_key: torch.Tensor, batch_size: int) -> KeyedJaggedTensor:
-        """Key-major KJT from [features, B] ids, one-hot or expanded to ``model.multi_hot_sizes``."""
+    def _kjt(self, sparse: np.ndarray) -> KeyedJaggedTensor:
+        """Key-major KJT from [B, features] ids, one-hot or expanded to ``model.multi_hot_sizes``."""
+        batch_size = len(sparse)
         sizes = self.cfg.model.multi_hot_sizes if self.cfg.data.multi_hot else [1] * len(self.keys)
         if self.cfg.data.multi_hot:
             rows, dist = self.table_rows, self.cfg.data.multi_hot_distribution
-            values = torch.cat([multi_hot_ids(values_by_key[f], f, int(rows[f]), sizes[f], dist).reshape(-1)
-                                for f in range(len(self.keys))])
+            values = torch.from_numpy(np.concatenate([
+                multi_hot_ids(sparse[:, f], f, int(rows[f]), sizes[f], dist).reshape(-1)
+                for f in range(len(self.keys))]))
         else:
-            values = values_by_key.reshape(-1)
+            values = torch.from_numpy(np.ascontiguousarray(sparse.T).reshape(-1))
         j = self._jagged_parts(batch_size, sizes)
         return KeyedJaggedTensor(keys=self.keys, values=values, lengths=j["lengths"], offsets=j["offsets"],
                                  stride=batch_size, length_per_key=j["length_per_key"],
