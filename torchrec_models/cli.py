@@ -9,7 +9,7 @@ from typing import Sequence
 
 from torchrec_models.config import Config, ConfigError, load_config
 from torchrec_models.quiet import quiet_library_noise
-from torchrec_models.train.checkpoint import CheckpointError
+from torchrec_models.errors import CheckpointError, DataError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def _add_preprocess_args(sub) -> None:
 
 
 def _add_plan_args(plan: argparse.ArgumentParser) -> None:
-    from torchrec_models.planning import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE
+    from torchrec_models.gpus import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE
 
     plan.add_argument("--world-size", type=int, default=8, help="ranks (GPUs) in all")
     plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return _train(args, cfg)
         return _plan(args, cfg)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

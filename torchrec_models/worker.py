@@ -12,6 +12,7 @@ from torchrec_models.quiet import quiet_library_noise
 
 def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str = "none") -> None:
     """Checks what can be checked before any process starts or any file is written."""
+    from torchrec_models.data.source import make_source
     from torchrec_models.sharding import validate_for_device
 
     wants_cuda = cfg.sharding.device == "cuda" or (cfg.sharding.device == "auto" and torch.cuda.is_available())
@@ -20,6 +21,7 @@ def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str 
     if wants_cuda and nproc > torch.cuda.device_count():
         raise ConfigError("--nproc-per-node", f"{nproc} ranks but {torch.cuda.device_count()} GPUs", where="option")
     validate_for_device(cfg, "cuda" if wants_cuda else "cpu")
+    make_source(cfg)  # opens the data (memory maps only), so a bad data.path stops the run here
     if run_dir is not None:
         check_resume(cfg, run_dir, resume)
 

@@ -29,6 +29,8 @@ from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
+from torchrec_models.errors import DataError
+
 LABEL_FIELDS, DENSE_FEATURES, CAT_FEATURES = 1, 13, 26
 FIELDS = LABEL_FIELDS + DENSE_FEATURES + CAT_FEATURES
 ARRAYS = ("dense", "sparse", "labels")
@@ -44,7 +46,7 @@ for _i, _c in enumerate(b"ABCDEF"):
 _POW10 = 10 ** np.arange(_MAX_INT_DIGITS + 1, dtype=np.int64)
 
 
-class CriteoDataError(ValueError):
+class CriteoDataError(DataError):
     """Bad input or stored data; the message names the file and the line, row or feature."""
 
 

@@ -21,15 +21,12 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from torchrec_models.config import Config
+from torchrec_models.errors import CheckpointError
 from torchrec_models.train.outputs import write_json
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)

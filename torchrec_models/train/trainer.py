@@ -172,6 +172,7 @@ class Trainer:
             "eval": evaluation,
             "peak_rss_bytes": rss,
             "peak_device_bytes": device_peak,
+            "hashed_out_of_range_ids": self._hashed_ids(),
             "plan": {t: {k: v for k, v in d.items() if k != "shards"} for t, d in self.plan.items()},
             "plan_source": self.planned.source,
             "memory_estimate_per_rank": self.planned.estimate,
@@ -182,6 +183,14 @@ class Trainer:
             "device": str(self.env.device),
             "backend": self.env.backend,
         }
+
+    def _hashed_ids(self) -> dict[str, int] | None:
+        """Ids hashed into range (``data.out_of_range = hash``), per feature, over all ranks."""
+        counts = getattr(self.source, "hashed_ids", None)
+        if counts is None:
+            return None
+        total = [sum(int(c[i]) for c in _gather(list(counts))) for i in range(len(counts))]
+        return dict(zip(self.source.keys, total))
 
     def close(self) -> None:
         self.writer.close()
