@@ -63,7 +63,13 @@ def speedups(records: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def write_report(directory: Path) -> Path:
-    records = [json.loads(l) for l in (directory / "results.jsonl").read_text().splitlines() if l.strip()]
+    latest: dict[str, dict[str, Any]] = {}  # a rerun row replaces its earlier record
+    for line in (directory / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest.pop(record["row"], None)
+            latest[record["row"]] = record
+    records = list(latest.values())
     machine = json.loads((directory / "machine.json").read_text())
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:

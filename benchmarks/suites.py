@@ -37,8 +37,9 @@ def cpu() -> list[Row]:
         for ws in (2, 1) for p in ("fp32", "bf16")
     ]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]
-    rows.append(_row("criteo/ws2/fp32/table_wise/dense_kernel", CRITEO, "sharding.type=table_wise",
-                     "sharding.kernel=dense", world_size=2, sharding="table_wise"))
+    rows += [_row(f"criteo/ws2/fp32/table_wise/adagrad/{k}_kernel", CRITEO, "sharding.type=table_wise",
+                  f"sharding.kernel={k}", "train.embedding_optimizer=adagrad", world_size=2, sharding="table_wise")
+             for k in ("fused", "dense")]
     rows += [
         _row(f"criteo/ws2/fp32/{t}/b{b}", CRITEO, f"sharding.type={t}", f"train.batch_size={b}", world_size=2,
              sharding=t, sweep="batch")

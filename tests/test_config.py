@@ -85,6 +85,14 @@ def test_bad_values_name_the_key(override: str, key: str) -> None:
     assert f"'{key}'" in str(err.value)
 
 
+def test_rowwise_adagrad_needs_the_fused_kernel_for_sharded_tables() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, ["sharding.kernel=dense", "sharding.type=table_wise"])
+    assert err.value.key == "train.embedding_optimizer"
+    load_config(TINY, ["sharding.kernel=dense", "sharding.type=table_wise", "train.embedding_optimizer=adagrad"])
+    load_config(TINY, ["sharding.kernel=dense", "sharding.type=data_parallel"])
+
+
 def test_malformed_override() -> None:
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(TINY, ["train.batch_size"])

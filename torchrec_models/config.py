@@ -249,10 +249,21 @@ class Config:
             raise ConfigError(
                 "sharding.min_partition", f"{part} must divide model.embedding_dim {self.model.embedding_dim}"
             )
+        self._check_dense_kernel_optimizer()
         tables = set(table_names(self.model.num_sparse_features))
         for table in self.sharding.per_table:
             if table not in tables:
                 raise ConfigError(f"sharding.per_table.{table}", f"no such table (tables: {sorted(tables)})")
+
+    def _check_dense_kernel_optimizer(self) -> None:
+        """The dense kernel keeps a sharded table group as one flat weight: no per-row optimizer state."""
+        forced = {self.sharding.type, *self.sharding.per_table.values()} - {"", "data_parallel"}
+        if self.sharding.kernel == "dense" and forced and self.train.embedding_optimizer == "rowwise_adagrad":
+            raise ConfigError(
+                "train.embedding_optimizer",
+                "rowwise_adagrad needs the fused kernel for sharded tables (the dense kernel stores them "
+                "as one flat weight); use adagrad or sgd with sharding.kernel = 'dense'",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

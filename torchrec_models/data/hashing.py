@@ -26,15 +26,36 @@ def fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
+def _fmix32_int(h: int) -> int:
+    """fmix32 on a Python int (same arithmetic as the tensor version)."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
 def hash_coords(*coords: torch.Tensor | int) -> torch.Tensor:
-    """A 32-bit hash of broadcastable integer coordinates (each reduced mod 2**32)."""
-    h: torch.Tensor | None = None
+    """A 32-bit hash of broadcastable integer coordinates (each reduced mod 2**32).
+
+    Leading plain ints are folded in Python first, so the tensor work is one round per
+    tensor coordinate; the result is the same as folding everything as tensors.
+    """
+    h: torch.Tensor | int | None = None
     for c in coords:
-        c = torch.as_tensor(c, dtype=torch.int64)
-        c = c & MASK32
-        h = fmix32(c ^ 0x5BD1E995) if h is None else fmix32((_mul32(h, 0x9E3779B1) + c) & MASK32)
+        if isinstance(c, int) and (h is None or isinstance(h, int)):
+            c &= MASK32
+            h = _fmix32_int(c ^ 0x5BD1E995) if h is None else _fmix32_int(((h * 0x9E3779B1) + c) & MASK32)
+            continue
+        c = torch.as_tensor(c, dtype=torch.int64) & MASK32
+        if h is None:
+            h = fmix32(c ^ 0x5BD1E995)
+        elif isinstance(h, int):
+            h = fmix32((c + ((h * 0x9E3779B1) & MASK32)) & MASK32)
+        else:
+            h = fmix32((_mul32(h, 0x9E3779B1) + c) & MASK32)
     assert h is not None
-    return h
+    return torch.as_tensor(h, dtype=torch.int64)
 
 
 def uniform(*coords: torch.Tensor | int) -> torch.Tensor:

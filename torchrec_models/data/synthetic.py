@@ -20,6 +20,7 @@ from torchrec_models.data.hashing import hash_coords, uniform
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 _ID_SCRAMBLE = 2654435761  # prime; makes hot ids land anywhere in a table
+_MAX_SCORE_TABLE_ROWS = 1 << 24  # up to 128 MiB of float64 teacher scores per process
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,17 @@ class SyntheticData:
         self._dense_weight = torch.randn(spec.dense_features, generator=teacher, dtype=torch.float64)
         self._dense_weight *= 1.5 / math.sqrt(spec.dense_features)
         self._pair_weight = torch.randn(f, generator=teacher, dtype=torch.float64) * 1.5 / math.sqrt(f)
+        self._score_table, self._score_offsets = self._score_lookup()
+
+    def _score_lookup(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Every id's teacher score, precomputed once when all tables together are small enough
+        (the same values the hash gives, read back faster than they are recomputed)."""
+        rows = list(self.spec.table_rows)
+        if sum(rows) > _MAX_SCORE_TABLE_ROWS:
+            return None, None
+        offsets = torch.tensor([0] + rows[:-1]).cumsum(0)
+        table = torch.cat([uniform(self.spec.seed, 3, f, torch.arange(n)) * 2.0 - 1.0 for f, n in enumerate(rows)])
+        return table, offsets
 
     def batch(self, step: int, start: int, stop: int, stream: int = TRAIN_STREAM) -> Batch:
         """Rows [start, stop) of the global batch of ``step``."""
@@ -93,14 +105,22 @@ class SyntheticData:
                 lengths = 1 + hash_coords(*key, 1, f, r) % pooling  # [rows, group, 1]
             else:
                 lengths = torch.full((len(rows), len(group), 1), pooling, dtype=torch.int64)
-            mask = slots < lengths
             ids = self._zipf_ids(uniform(*key, 2, f, r, slots), n_rows)
-            id_scores = (uniform(self.spec.seed, 3, f, ids) * 2.0 - 1.0) * mask
+            id_scores = self._id_scores(f, ids)
+            mask = slots < lengths if self.spec.variable_pooling else None
+            if mask is not None:
+                id_scores = id_scores * mask
             scores[:, group] = id_scores.sum(2) / lengths[..., 0]
             for j, feature in enumerate(group):
                 lengths_by_f[feature] = lengths[:, j, 0]
-                ids_by_f[feature] = ids[:, j][mask[:, j]]
+                ids_by_f[feature] = ids[:, j].reshape(-1) if mask is None else ids[:, j][mask[:, j]]
         return torch.cat(lengths_by_f), torch.cat(ids_by_f), scores
+
+    def _id_scores(self, f: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The teacher's score in [-1, 1) of each id: looked up where the tables are small, else hashed."""
+        if self._score_table is None:
+            return uniform(self.spec.seed, 3, f, ids) * 2.0 - 1.0
+        return self._score_table[self._score_offsets[f] + ids]
 
     def _pooling_groups(self) -> list[tuple[int, list[int]]]:
         groups: dict[int, list[int]] = {}
