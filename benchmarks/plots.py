@@ -16,13 +16,21 @@ def _main_type(record: dict[str, Any]) -> str:
     return kinds[0] if len(kinds) == 1 else "mixed"
 
 
+def _is_sweep_point(r: dict[str, Any]) -> bool:
+    """Rows that differ only in batch size and forced sharding type (fused kernel, default optimizer)."""
+    cfg = r["config"]
+    return (r["impl"] == "torchrec" and r["world_size"] > 1 and r["precision"] == "fp32"
+            and bool(cfg["sharding"]["type"]) and cfg["sharding"]["kernel"] == "fused"
+            and cfg["train"]["embedding_optimizer"] == "rowwise_adagrad"
+            and r["tables"]["count"] == 26 and r["tables"]["pooling"][0] == 1)
+
+
 def throughput_vs_batch(records: list[dict[str, Any]], path: Path) -> bool:
-    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    series: dict[str, dict[int, float]] = defaultdict(dict)
     for r in records:
-        if r["impl"] == "torchrec" and r["world_size"] > 1 and r["precision"] == "fp32" and \
-                r["tables"]["count"] == 26 and r["tables"]["pooling"][0] == 1:
-            series[_main_type(r)].append((r["batch_size_per_rank"], r["throughput"]["examples_per_sec"]))
-    series = {k: sorted(set(v)) for k, v in series.items() if len(set(v)) > 1}
+        if _is_sweep_point(r):
+            series[_main_type(r)].setdefault(r["batch_size_per_rank"], r["throughput"]["examples_per_sec"])
+    series = {k: sorted(v.items()) for k, v in series.items() if len(v) > 1}
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
