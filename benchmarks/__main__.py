@@ -12,7 +12,7 @@ def _run_parser() -> argparse.ArgumentParser:
     from benchmarks.suites import SUITES
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="run a benchmark suite")
-    p.add_argument("--suite", required=True, choices=sorted(SUITES))
+    p.add_argument("--suite", required=True, choices=sorted([*SUITES, "data"]))
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--repeat", type=int, default=1, help="runs per row; windows are pooled")
     p.add_argument("--price", action="append", default=[], metavar="KIND=USD_PER_HOUR",
@@ -66,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         print("error: --repeat must be >= 1", file=sys.stderr)
         return 2
+    if args.suite == "data":
+        from benchmarks.data_suite import run_data_suite
+
+        run_data_suite(args.out)
+        print(f"report: {args.out / 'report.md'}")
+        return 0
     prices = prices_or_exit(args.price)
     records = run_suite(args.suite, args.out, args.repeat, prices, args.only)
     print(f"report: {write_report(args.out)}")
