@@ -11,6 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig: Any, ax: Any, path: Path, legend: bool = True) -> bool:
+    if legend:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _main_type(record: dict[str, Any]) -> str:
     kinds = sorted({s["type"] for s in record["sharding"].values()})
     return kinds[0] if len(kinds) == 1 else "mixed"
@@ -37,12 +47,7 @@ def throughput_vs_batch(records: list[dict[str, Any]], path: Path) -> bool:
     for kind, points in sorted(series.items()):
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=kind)
     ax.set(xscale="log", xlabel="batch size per rank", ylabel="examples/s", title="Throughput vs batch size")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path)
 
 
 def memory_vs_estimate(records: list[dict[str, Any]], path: Path) -> bool:
@@ -56,12 +61,7 @@ def memory_vs_estimate(records: list[dict[str, Any]], path: Path) -> bool:
     ax.plot([0, top], [0, top], linestyle="--", color="grey", label="measured = estimate")
     ax.set(xlabel="planner estimate per rank (MiB)", ylabel="measured per rank (MiB)",
            title="Memory per rank vs the planner's estimate")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path)
 
 
 def cost_per_config(records: list[dict[str, Any]], path: Path) -> bool:
@@ -74,10 +74,7 @@ def cost_per_config(records: list[dict[str, Any]], path: Path) -> bool:
     ax.invert_yaxis()
     ax.set(xlabel="USD per 1M examples", title="Cost per configuration (orange: plain PyTorch)")
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path, legend=False)
 
 
 def write_plots(records: list[dict[str, Any]], directory: Path) -> list[Path]:

@@ -62,6 +62,17 @@ def speedups(records: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
+def scaling(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Efficiency per core of the rows tagged ``sweep=scaling``, against the smallest world size."""
+    rows = sorted((r for r in records.values() if r.get("tags", {}).get("sweep") == "scaling"),
+                  key=lambda r: r["world_size"])
+    if len(rows) < 2:
+        return []
+    per_core = [r["throughput"]["examples_per_sec"] / r["cost"]["devices"] for r in rows]
+    return [f"- world size {r['world_size']} on {r['cost']['devices']} core(s): {r['throughput']['examples_per_sec']:,.0f} "
+            f"ex/s, {p:,.0f} per core, efficiency per core {p / per_core[0]:.2f}" for r, p in zip(rows, per_core)]
+
+
 def write_report(directory: Path) -> Path:
     latest: dict[str, dict[str, Any]] = {}  # a rerun row replaces its earlier record
     for line in (directory / "results.jsonl").read_text().splitlines():
@@ -92,6 +103,9 @@ def write_report(directory: Path) -> Path:
         ups = speedups({r["row"]: r for r in rows if "error" not in r})
         if ups:
             parts += ["What torchrec sharding buys over plain PyTorch (nn.EmbeddingBag + DDP):", "", *ups, ""]
+        eff = scaling({r["row"]: r for r in rows if "error" not in r})
+        if eff:
+            parts += ["The same global batch over more ranks:", "", *eff, ""]
     ok = load_results(directory)
     from benchmarks.plots import write_plots
 
