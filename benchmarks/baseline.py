@@ -4,7 +4,6 @@ Same data, shapes and loss as the torchrec rows, so the ratio shows what shardin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -115,6 +114,3 @@ class _Both:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
-
-    def state(self) -> dict[str, Any]:
-        return {}

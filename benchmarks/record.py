@@ -44,8 +44,7 @@ def device_kind(hardware: dict[str, Any], device: str) -> tuple[str, int]:
 def memory(ranks: list[dict[str, Any]], estimate: list[dict[str, int]] | None, on_gpu: bool) -> dict[str, Any]:
     out = []
     for r in ranks:
-        est = (estimate or [{}] * len(ranks))[r["rank"]] if estimate else {}
-        est_bytes = est.get("hbm_bytes" if on_gpu else "ddr_bytes")
+        est_bytes = estimate[r["rank"]]["hbm_bytes" if on_gpu else "ddr_bytes"] if estimate else None
         measured = r["peak_device_bytes"] if on_gpu else r["peak_rss_bytes"] - r["baseline_rss_bytes"]
         out.append({
             "rank": r["rank"], "peak_rss_bytes": r["peak_rss_bytes"], "baseline_rss_bytes": r["baseline_rss_bytes"],

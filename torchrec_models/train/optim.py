@@ -6,7 +6,7 @@ kernel (and data-parallel replicas) get a torch optimizer of the same family, so
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -96,6 +96,3 @@ class LRSchedule:
         for group, base in zip(self.optimizer.param_groups, self.base):
             group["lr"] = base * factor
         return factor
-
-    def iter_base(self) -> Iterable[float]:
-        return iter(self.base)

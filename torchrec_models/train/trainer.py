@@ -46,7 +46,6 @@ class Trainer:
         self.writer = RunWriter(run_dir, env.is_main)
         self.global_batch = cfg.train.batch_size * env.world_size
         self.losses: list[float] = []
-        self.history: list[dict[str, Any]] = []
         self.start_step = 0
         self.optimizer.init_state()  # optimizer state exists before the first step, for checkpoints
         ckpt = cfg.checkpoint
@@ -136,7 +135,6 @@ class Trainer:
         if rate:
             values["examples_per_sec"] = rate
         self.writer.log(step, "train", values)
-        self.history.append({"step": step, **values})
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
