@@ -410,3 +410,20 @@ eval_every = 0
 eval_steps = 10
 log_every = 20
 """
+
+
+def test_hashed_ids_are_counted_in_the_run_summary(data_dir: Path, tmp_path: Path) -> None:
+    """With data.out_of_range = hash, summary.json reports how many ids were hashed, per feature."""
+    run_dir = tmp_path / "run"
+    done = run_cli("train", "--nproc-per-node", "2", "--run-dir", str(run_dir), "--set",
+                   f"model.num_embeddings_per_feature={_lst(100)}", f"model.multi_hot_sizes={_lst(1)}",
+                   "data.kind=criteo", f"data.path={data_dir}", "data.eval_fraction=0.2",
+                   "data.out_of_range=hash", "train.batch_size=32", "train.steps=4", "train.eval_steps=1",
+                   "train.log_every=2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads((run_dir / "summary.json").read_text())["hashed_out_of_range_ids"]
+    assert set(counts) == {f"cat_{i}" for i in range(26)}
+    stored = _arrays(data_dir)[1][: 4 * 2 * 32]  # the rows both ranks read for 4 training steps
+    train_hashed = (stored >= 100).sum(axis=0)
+    assert all(counts[f"cat_{i}"] >= train_hashed[i] for i in range(26))  # eval batches add their own
+    assert sum(counts.values()) > 0
