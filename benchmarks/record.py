@@ -14,7 +14,7 @@ REQUIRED = {
     "suite": str, "row": str, "impl": str, "arch": str, "tables": dict, "batch_size_per_rank": int,
     "world_size": int, "precision": str, "sharding": dict, "git_sha": (str, type(None)), "versions": dict,
     "hardware": dict, "config": dict, "throughput": dict, "split_ms": dict, "memory": dict, "cost": dict,
-    "roofline": dict,
+    "roofline": dict, "crashes": list,
 }
 THROUGHPUT_KEYS = ("examples_per_sec", "p10", "p90", "windows")
 
@@ -57,8 +57,11 @@ def memory(ranks: list[dict[str, Any]], estimate: list[dict[str, int]] | None, o
 
 
 def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]], ceilings: dict[str, float],
-                 prices: dict[str, float]) -> dict[str, Any]:
-    """Assembles the row's record from every rank's measurements (rank 0 leads)."""
+                 prices: dict[str, float], crashes: list[str]) -> dict[str, Any]:
+    """Assembles the row's record from every rank's measurements (rank 0 leads).
+
+    ``crashes`` names the ranks a signal killed in a launch that was then relaunched.
+    """
     lead = next(r for r in ranks if r["rank"] == 0)
     tput = throughput(lead["rates"])
     hardware = runinfo.hardware()
@@ -92,6 +95,7 @@ def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]],
             "embedding_bytes_per_example": emb_bytes, "achieved_gbps": emb_bytes * rate / 1e9,
             "copy_gbps": ceilings["copy_gbps"], "bytes_fraction": emb_bytes * rate / 1e9 / ceilings["copy_gbps"],
         },
+        "crashes": list(crashes),
     }
 
 

@@ -106,6 +106,9 @@ def write_report(directory: Path) -> Path:
         eff = scaling({r["row"]: r for r in rows if "error" not in r})
         if eff:
             parts += ["The same global batch over more ranks:", "", *eff, ""]
+        crashed = [f"- `{r['row']}`: {'; '.join(r['crashes'])}" for r in rows if r.get("crashes")]
+        if crashed:
+            parts += ["Rows measured on a relaunch after a rank crashed:", "", *crashed, ""]
     ok = load_results(directory)
     from benchmarks.plots import write_plots
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from benchmarks import roofline
 from benchmarks.record import build_record
@@ -19,13 +20,41 @@ from torchrec_models.config import load_config
 from torchrec_models.launcher import launch_local
 
 
-def run_row(row: Row, repeat: int) -> list[dict[str, Any]]:
-    """Every rank's measurements; with ``repeat`` > 1 the rank-0 windows of all repeats are pooled."""
-    runs = [launch_local(bench_worker, (row,), row.world_size) for _ in range(repeat)]
+def run_row(row: Row, repeat: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every rank's measurements and the crashes relaunched past.
+
+    With ``repeat`` > 1 the rank-0 windows of all repeats are pooled.
+    """
+    crashes: list[str] = []
+    runs = [_launch(row, crashes) for _ in range(repeat)]
     ranks = [runs[-1][r] for r in sorted(runs[-1])]
     pooled = [rate for run in runs for rate in run[0]["rates"]]
     ranks[0] = {**ranks[0], "rates": pooled}
-    return ranks
+    return ranks, crashes
+
+
+def _launch(row: Row, crashes: list[str]) -> dict[int, Any]:
+    """One launch of the row's ranks.
+
+    A rank killed by a signal (a native crash, not a Python error) earns the row one fresh
+    relaunch per row, noted in ``crashes`` so the record and the report show it; a second
+    crash, or any Python error, fails the row.
+    """
+    try:
+        return launch_local(bench_worker, (row,), row.world_size)
+    except ChildFailedError as exc:
+        killed = signal_deaths(exc)
+        if not killed or crashes:
+            raise
+        crashes.extend(killed)
+        print(f"    {'; '.join(killed)}: relaunching the row once", flush=True)
+        return launch_local(bench_worker, (row,), row.world_size)
+
+
+def signal_deaths(exc: ChildFailedError) -> list[str]:
+    """'rank R killed by SIGNAME' for each failed rank that a signal ended."""
+    return [f"rank {rank} killed by {failure.signal_name()}"
+            for rank, failure in sorted(exc.failures.items()) if failure.exitcode < 0]
 
 
 def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
@@ -52,7 +81,8 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
 def _measure(suite: str, row: Row, repeat: int, ceilings: dict[str, float], prices: dict[str, float]) -> dict:
     try:
         cfg = load_config(row.config, list(row.overrides))
-        return build_record(suite, row, cfg, run_row(row, repeat), ceilings, prices)
+        ranks, crashes = run_row(row, repeat)
+        return build_record(suite, row, cfg, ranks, ceilings, prices, crashes)
     except Exception as exc:  # a failed row is reported, the suite goes on
         traceback.print_exc(file=sys.stderr)
         return {"suite": suite, "row": row.name, "world_size": row.world_size, "impl": row.impl,

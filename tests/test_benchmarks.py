@@ -129,3 +129,40 @@ def test_soak_slope_fit() -> None:
     assert slope_mib_per_min(leak) == pytest.approx(5.0)
     assert slope_mib_per_min(flat) == pytest.approx(0.0)
     assert slope_mib_per_min(leak[:2]) is None
+
+
+def _failed(exitcode: int):
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    return ChildFailedError("bench_worker", {0: ProcessFailure(local_rank=0, pid=1, exitcode=exitcode,
+                                                               error_file="<N/A>")})
+
+
+@pytest.mark.parametrize("outcomes, calls, crashes", [
+    ([-11, "ok"], 2, ["rank 0 killed by SIGSEGV"]),  # a native crash earns one recorded relaunch
+    ([-11, -11], 2, None),  # a second crash fails the row
+    ([1, "ok"], 1, None),  # a Python error is never relaunched
+])
+def test_a_crashed_row_is_relaunched_once_and_recorded(monkeypatch: pytest.MonkeyPatch, outcomes, calls,
+                                                        crashes) -> None:
+    from benchmarks import runner
+    from benchmarks.rows import Row
+
+    launched = []
+
+    def fake_launch(entrypoint, args, nproc):
+        outcome = outcomes[len(launched)]
+        launched.append(outcome)
+        if outcome != "ok":
+            raise _failed(outcome)
+        return {0: {"rank": 0, "rates": [1.0]}}
+
+    monkeypatch.setattr(runner, "launch_local", fake_launch)
+    row = Row(name="r", config=None, overrides=(), world_size=1, impl="torchrec", tags={})
+    if crashes is None:
+        with pytest.raises(Exception, match="bench_worker"):
+            runner.run_row(row, repeat=1)
+    else:
+        ranks, seen = runner.run_row(row, repeat=1)
+        assert seen == crashes and ranks[0]["rates"] == [1.0]
+    assert len(launched) == calls

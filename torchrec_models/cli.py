@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -77,6 +78,8 @@ def _add_plan_args(plan: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not faulthandler.is_enabled():  # each rank under torchrun / torchx enters here
+        faulthandler.enable()  # a native crash prints every thread's Python stack
     quiet_library_noise()
     try:
         if args.command == "export":

@@ -19,7 +19,8 @@ def launch_local(
 ) -> dict[int, Any]:
     """Runs ``entrypoint(*args)`` on ``nproc`` local ranks; returns each rank's return value.
 
-    Each rank gets an even share of the cores (OMP_NUM_THREADS) unless the caller set it.
+    Each rank gets an even share of the cores (OMP_NUM_THREADS) unless the caller set it, and
+    prints every thread's Python stack if it dies of a native crash (PYTHONFAULTHANDLER).
     A failed rank makes elastic restart the whole group up to ``max_restarts`` times.
     """
     config = LaunchConfig(
@@ -33,19 +34,18 @@ def launch_local(
         monitor_interval=0.5,
         start_method="spawn",
     )
-    with _threads_per_rank(nproc):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    with _child_environment({"OMP_NUM_THREADS": str(max(1, cores // nproc)), "PYTHONFAULTHANDLER": "1"}):
         return elastic_launch(config, entrypoint)(*args)
 
 
 @contextmanager
-def _threads_per_rank(nproc: int) -> Iterator[None]:
-    """Children inherit OMP_NUM_THREADS = cores // nproc, unless the user set it."""
-    if "OMP_NUM_THREADS" in os.environ:
-        yield
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+def _child_environment(defaults: dict[str, str]) -> Iterator[None]:
+    """Spawned ranks inherit these variables, except those the user already set."""
+    added = [k for k in defaults if k not in os.environ]
+    os.environ.update({k: defaults[k] for k in added})
     try:
         yield
     finally:
-        del os.environ["OMP_NUM_THREADS"]
+        for k in added:
+            del os.environ[k]

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 
 
 def quiet_library_noise() -> None:
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chatter
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*is_fx_tracing.*")
