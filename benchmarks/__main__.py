@@ -17,7 +17,8 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1, help="runs per row; windows are pooled")
     p.add_argument("--price", action="append", default=[], metavar="KIND=USD_PER_HOUR",
                    help="override a price (H100, H200, A100 per GPU-hour, vCPU per vCPU-hour)")
-    p.add_argument("--only", action="append", default=[], help="run rows whose name contains this")
+    p.add_argument("--only", action="append", default=[], metavar="REGEX",
+                   help="run only rows whose name matches (re.search; repeatable), e.g. '^criteo/ws2/fp32$'")
     return p
 
 

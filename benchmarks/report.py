@@ -24,6 +24,10 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100 * fraction
+
+
 def _sharding(record: dict[str, Any]) -> str:
     kinds = sorted({f"{s['type']}/{s['kernel']}" for s in record["sharding"].values()})
     return ", ".join(kinds) if len(kinds) <= 2 else f"{len(kinds)} kinds"
@@ -31,7 +35,7 @@ def _sharding(record: dict[str, Any]) -> str:
 
 def table(records: list[dict[str, Any]]) -> str:
     head = ("| row | ranks | batch/rank | precision | sharding/kernel | ex/s (p10-p90) | split ms data/fwd/bwd+opt/comm "
-            "| MiB/rank | est. MiB | ratio | $/1M ex | GEMM % | copy % |")
+            "| MiB/rank | est. MiB | ratio | $/1M ex | GEMM % step/kernels | copy % |")
     lines = [head, "|" + "---|" * 13]
     for r in records:
         if "error" in r:
@@ -44,7 +48,8 @@ def table(records: list[dict[str, Any]]) -> str:
             f"| {r['row']} | {r['world_size']} | {r['batch_size_per_rank']} | {r['precision']} | {_sharding(r)} "
             f"| {t['examples_per_sec']:,.0f} ({t['p10']:,.0f}-{t['p90']:,.0f}) | {split} | {_fmt(measured, ',.0f')} "
             f"| {_fmt(estimate, ',.0f')} | {_fmt(ratio, '.2f')} | {r['cost']['usd_per_million_examples']:.4f} "
-            f"| {100 * roof['flops_fraction']:.0f} | {100 * roof['bytes_fraction']:.1f} |")
+            f"| {100 * roof['flops_fraction']:.0f}/{_fmt(_percent(roof.get('gemm_kernel_fraction')), '.0f')} "
+            f"| {100 * roof['bytes_fraction']:.1f} |")
     return "\n".join(lines)
 
 
@@ -95,7 +100,9 @@ def write_report(directory: Path) -> Path:
         f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s.", "",
         "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
         "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
-        "(DDR on CPU, HBM on GPU). GEMM %: training FLOPs x ex/s over the GEMM ceiling of the row's precision. "
+        "(DDR on CPU, HBM on GPU). GEMM % step: training FLOPs x ex/s over the GEMM ceiling of the row's "
+        "precision; kernels: the rate inside the GEMM ops themselves (profiled FLOPs over their time) over "
+        "a rank's share of that ceiling. "
         "copy %: table traffic over the copy bandwidth.", "",
     ]
     for suite, rows in by_suite.items():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -57,9 +58,15 @@ def signal_deaths(exc: ChildFailedError) -> list[str]:
             for rank, failure in sorted(exc.failures.items()) if failure.exitcode < 0]
 
 
+def select_rows(suite: str, only: list[str] | None = None) -> list[Row]:
+    """The suite's rows, or those whose name matches one of the ``only`` regular expressions."""
+    rows = SUITES[suite]()
+    return [r for r in rows if any(re.search(o, r.name) for o in only)] if only else rows
+
+
 def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
               only: list[str] | None = None) -> list[dict[str, Any]]:
-    rows = [r for r in SUITES[name]() if not only or any(o in r.name for o in only)]
+    rows = select_rows(name, only)
     device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
     ceilings = roofline.machine_ceilings(device)
@@ -98,4 +105,5 @@ def _print_line(record: dict[str, Any]) -> None:
           f"split ms: data {split.get('data', 0):.1f} fwd {split.get('forward', 0):.1f} "
           f"bwd+opt {split.get('backward_optimizer', 0):.1f} comm {split.get('communication', 0):.1f}  "
           f"${record['cost']['usd_per_million_examples']:.4f}/1M  "
-          f"{100 * record['roofline']['flops_fraction']:.0f}% of GEMM", flush=True)
+          f"{100 * record['roofline']['flops_fraction']:.0f}% of GEMM "
+          f"(GEMM kernels at {100 * record['roofline']['gemm_kernel_fraction']:.0f}%)", flush=True)

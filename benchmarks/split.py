@@ -4,7 +4,9 @@ Data (making this rank's batch and moving it to the device), forward (input dist
 output dist, dense forward, loss), backward + optimizer (backward incl. the fused table
 update and DDP's gradient all-reduce, then the dense optimizer step). Communication is the
 time torch.profiler attributes to collective ops within those phases: it is part of forward
-and backward, not added to them.
+and backward, not added to them. So is ``gemm``: the time inside the matrix-multiply ops
+(mm, addmm, bmm, baddbmm), which carry the model's FLOPs; the record turns it into the rate
+the GEMMs themselves run at.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+_GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
 _COMM_MARKERS = ("all_to_all", "alltoall", "all_reduce", "allreduce", "all_gather", "allgather",
                  "reduce_scatter", "broadcast", "nccl", "gloo")
 
@@ -34,7 +37,9 @@ def split_steps(trainer: Any, first_step: int, steps: int) -> dict[str, float]:
             _one_step(trainer, model, batches, phases)
     out = {k: statistics.median(v) * 1e3 for k, v in phases.items()}
     out["total"] = sum(out.values())
-    out["communication"] = _comm_ms(prof) / steps
+    events = prof.key_averages()
+    out["communication"] = _comm_ms(events) / steps
+    out["gemm"] = sum(_self_us(e) for e in events if e.key in _GEMM_OPS) / 1e3 / steps
     return out
 
 
@@ -60,12 +65,13 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _comm_ms(prof: profile) -> float:
-    """Self time of top-level collective events, in ms (device time where there is one)."""
-    total_us = 0.0
-    for event in prof.key_averages():
-        name = event.key.lower()
-        if any(m in name for m in _COMM_MARKERS):
-            device_us = getattr(event, "self_device_time_total", 0) or 0
-            total_us += device_us if device_us else event.self_cpu_time_total
-    return total_us / 1e3
+def _self_us(event: Any) -> float:
+    """An event's own time in microseconds: device time where it has some, else CPU time."""
+    device_us = getattr(event, "self_device_time_total", 0) or 0
+    return device_us if device_us else event.self_cpu_time_total
+
+
+def _comm_ms(events: Any) -> float:
+    """Self time of collective events, in ms."""
+    return sum(_self_us(e) for e in events if any(m in e.key.lower() for m in _COMM_MARKERS)) / 1e3
+

@@ -104,7 +104,10 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
         assert r["cost"]["usd_per_device_hour"] == 0.09
         expected = 0.09 * r["cost"]["devices"] / (r["throughput"]["examples_per_sec"] * 3600) * 1e6
         assert r["cost"]["usd_per_million_examples"] == pytest.approx(expected)
-        assert set(r["split_ms"]) >= {"data", "forward", "backward_optimizer", "communication", "total"}
+        assert set(r["split_ms"]) >= {"data", "forward", "backward_optimizer", "communication", "gemm", "total"}
+        assert 0 < r["split_ms"]["gemm"] < r["split_ms"]["total"]
+        assert r["roofline"]["gemm_kernel_fraction"] > 0
+        assert all("killed by" in crash for crash in r["crashes"])
         assert len(r["memory"]["per_rank"]) == r["world_size"]
         assert 0 < r["roofline"]["flops_fraction"] < 1
     assert {s["type"] for s in records[1]["sharding"].values()} == {"row_wise"}
@@ -166,3 +169,14 @@ def test_a_crashed_row_is_relaunched_once_and_recorded(monkeypatch: pytest.Monke
         ranks, seen = runner.run_row(row, repeat=1)
         assert seen == crashes and ranks[0]["rates"] == [1.0]
     assert len(launched) == calls
+
+
+def test_only_selects_rows_by_regular_expression() -> None:
+    from benchmarks.runner import select_rows
+
+    assert [r.name for r in select_rows("cpu", ["^criteo/ws2/fp32$"])] == ["criteo/ws2/fp32"]
+    assert len(select_rows("cpu", ["criteo/ws2/fp32"])) > 10  # a plain substring still matches every such row
+    assert {r.name for r in select_rows("cpu", ["^baseline/", "embedding_heavy/ws2/bf16$"])} == {
+        "baseline/criteo/ws2/fp32", "baseline/criteo/ws1/fp32", "baseline/embedding_heavy/ws2/fp32",
+        "embedding_heavy/ws2/bf16"}
+    assert select_rows("smoke") == select_rows("smoke", [])
