@@ -75,7 +75,7 @@ def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]],
     rate = tput["examples_per_sec"]
     gemm_seconds = lead["split_ms"].get("gemm", 0.0) / 1e3  # per step, on rank 0
     kernel_gflops = flops * cfg.train.batch_size / gemm_seconds / 1e9 if gemm_seconds else 0.0
-    rank_gemm = gemm if per_rank else gemm * min(lead["threads"], hardware["cores"]) / hardware["cores"]
+    rank_gemm = lead["gemm_gflops"]
     return {
         "suite": suite, "row": row.name, "impl": row.impl, "arch": m.arch,
         "tables": {"count": m.num_sparse_features, "rows": m.table_rows(), "dim": m.embedding_dim,

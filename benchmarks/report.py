@@ -101,8 +101,8 @@ def write_report(directory: Path) -> Path:
         "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
         "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
         "(DDR on CPU, HBM on GPU). GEMM % step: training FLOPs x ex/s over the GEMM ceiling of the row's "
-        "precision; kernels: the rate inside the GEMM ops themselves (profiled FLOPs over their time) over "
-        "a rank's share of that ceiling. "
+        "precision; kernels: the rate inside the GEMM ops themselves (the model's FLOPs over their profiled "
+        "time) over the GEMM rate each rank measures with all ranks measuring at once. "
         "copy %: table traffic over the copy bandwidth.", "",
     ]
     for suite, rows in by_suite.items():

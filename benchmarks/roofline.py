@@ -1,7 +1,8 @@
 """Work per example from the model's shapes, and the machine's ceilings measured in the same run.
 
 FLOPs count multiply-adds as 2; backward costs twice the forward (input and weight gradients),
-so a training step is 3x the forward. Embedding bytes count, per looked-up id: the row read in
+so a training step is 3x the forward, less the input gradient of the first bottom layer (the
+dense features need none). Embedding bytes count, per looked-up id: the row read in
 forward, read and written again in the fused backward update, and the optimizer state read and
 written (one fp32 per row for row-wise Adagrad, one per element for Adagrad, none for SGD).
 """
@@ -51,7 +52,8 @@ def forward_flops(m: ModelConfig) -> dict[str, int]:
 
 
 def train_flops_per_example(m: ModelConfig) -> int:
-    return 3 * sum(forward_flops(m).values())
+    unneeded_input_grad = 2 * m.dense_in_features * m.bottom_mlp[0]
+    return 3 * sum(forward_flops(m).values()) - unneeded_input_grad
 
 
 def embedding_bytes_per_example(cfg: Config, embedding_dtype: str = "fp32") -> int:
@@ -80,6 +82,17 @@ def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, secon
         _sync(device)
         rates.append(4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return sorted(rates)[len(rates) // 2]
+
+
+def rank_gemm_gflops(precision: str, device: torch.device) -> float:
+    """This rank's GEMM rate at the row's precision, measured while every rank measures at once:
+    its share of the machine, with the threads it trains with."""
+    import torch.distributed as dist
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if dist.is_initialized():
+        dist.barrier()
+    return measure_gemm_gflops(dtype, seconds=0.5, device=device)
 
 
 def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, device: torch.device | str = "cpu") -> float:

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.roofline import rank_gemm_gflops
 from benchmarks.rows import Row
 from benchmarks.split import split_steps
 from torchrec_models import runinfo
@@ -46,5 +47,7 @@ def bench_worker(row: Row) -> dict[str, Any]:
             "estimate": trainer.planned.estimate,
             "threads": torch.get_num_threads(),
         }
+        # after the peaks are read, so the probe's matrices stay out of the memory figures
+        out["gemm_gflops"] = rank_gemm_gflops(cfg.train.precision, env.device)
         trainer.close()
         return out

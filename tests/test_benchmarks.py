@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.compare import compare_dirs, compare_rows, format_comparison, load_results
 from benchmarks.record import throughput, validate_record
@@ -34,9 +35,10 @@ def test_flops_of_a_small_dlrm_by_hand() -> None:
                              "model.embedding_dim=4", "model.dense_in_features=3", "model.bottom_mlp=[8, 4]",
                              "model.top_mlp=[5, 1]"])
     # bottom: 3->8->4: 2*(3*8 + 8*4) = 112; interaction: 3 vectors of 4: bmm 2*3*3*4 = 72;
-    # top input: 4 + 2*3/2 = 7: 2*(7*5 + 5*1) = 80. Training = 3 x forward.
+    # top input: 4 + 2*3/2 = 7: 2*(7*5 + 5*1) = 80. Training = 3 x forward, less the dense
+    # features' gradient through the first layer (2*3*8 = 48).
     assert forward_flops(cfg.model) == {"bottom_mlp": 112, "interaction": 72, "top_mlp": 80}
-    assert train_flops_per_example(cfg.model) == 3 * 264
+    assert train_flops_per_example(cfg.model) == 3 * 264 - 48
     # 4 ids x (3 row passes x 4 floats x 4 B + 8 B of row-wise Adagrad state) = 4 x 56.
     assert embedding_bytes_per_example(cfg) == 224
 
@@ -106,7 +108,10 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
         assert r["cost"]["usd_per_million_examples"] == pytest.approx(expected)
         assert set(r["split_ms"]) >= {"data", "forward", "backward_optimizer", "communication", "gemm", "total"}
         assert 0 < r["split_ms"]["gemm"] < r["split_ms"]["total"]
-        assert r["roofline"]["gemm_kernel_fraction"] > 0
+        roof = r["roofline"]
+        assert roof["gemm_gflops_per_rank"] > 0 and roof["gemm_kernel_gflops_per_rank"] > 0
+        assert roof["gemm_kernel_fraction"] == pytest.approx(
+            roof["gemm_kernel_gflops_per_rank"] / roof["gemm_gflops_per_rank"])
         assert all("killed by" in crash for crash in r["crashes"])
         assert len(r["memory"]["per_rank"]) == r["world_size"]
         assert 0 < r["roofline"]["flops_fraction"] < 1
@@ -180,3 +185,42 @@ def test_only_selects_rows_by_regular_expression() -> None:
         "baseline/criteo/ws2/fp32", "baseline/criteo/ws1/fp32", "baseline/embedding_heavy/ws2/fp32",
         "embedding_heavy/ws2/bf16"}
     assert select_rows("smoke") == select_rows("smoke", [])
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "dcn"])
+def test_counted_flops_are_what_the_gemm_ops_run(arch: str) -> None:
+    """The GEMM kernel rate divides the counted FLOPs by the time in mm/addmm/bmm: the two must agree."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from benchmarks.split import _GEMM_OPS
+    from torchrec_models.data.synthetic import SyntheticData, SyntheticSpec
+    from torchrec_models.models import build_model
+
+    cfg = load_config("configs/tiny.toml", [f"model.arch={arch}"])
+    model = build_model(cfg.model, torch.device("cpu"), 0, None, table_device="cpu")
+    batch = SyntheticData(SyntheticSpec.from_config(cfg)).batch(0, 0, 64)
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        loss, _ = model(batch)
+        loss.backward()
+    ran = sum(e.flops for e in prof.key_averages() if e.key in _GEMM_OPS)
+    assert ran == pytest.approx(64 * train_flops_per_example(cfg.model), rel=0.01)
+
+
+def test_git_sha_marks_uncommitted_changes(tmp_path: Path) -> None:
+    import subprocess
+
+    from torchrec_models.runinfo import git_sha
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert git_sha(tmp_path) is None
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("commit", "-qm", "one")
+    clean = git_sha(tmp_path)
+    assert clean is not None and len(clean) == 40
+    (tmp_path / "f.txt").write_text("b\n")
+    assert git_sha(tmp_path) == f"{clean}-dirty"

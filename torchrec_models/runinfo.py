@@ -27,15 +27,19 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def git_sha() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+def git_sha(root: Path | None = None) -> str | None:
+    """HEAD's sha of ``root`` (this checkout by default), with ``-dirty`` appended when tracked
+    files differ from it; None outside git."""
+    root = root or Path(__file__).resolve().parent.parent
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         )
-        return out.stdout.strip() or None
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root, capture_output=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
+    sha = out.stdout.strip()
+    return (f"{sha}-dirty" if changed.returncode == 1 else sha) or None
 
 
 def cpu_model() -> str:
