@@ -75,7 +75,6 @@ def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]],
     rate = tput["examples_per_sec"]
     gemm_seconds = lead["split_ms"].get("gemm", 0.0) / 1e3  # per step, on rank 0
     kernel_gflops = flops * cfg.train.batch_size / gemm_seconds / 1e9 if gemm_seconds else 0.0
-    rank_gemm = lead["gemm_gflops"]
     return {
         "suite": suite, "row": row.name, "impl": row.impl, "arch": m.arch,
         "tables": {"count": m.num_sparse_features, "rows": m.table_rows(), "dim": m.embedding_dim,
@@ -97,8 +96,8 @@ def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]],
             "flops_fraction": flops * rate / 1e9 / gemm,
             "embedding_bytes_per_example": emb_bytes, "achieved_gbps": emb_bytes * rate / 1e9,
             "copy_gbps": ceilings["copy_gbps"], "bytes_fraction": emb_bytes * rate / 1e9 / ceilings["copy_gbps"],
-            "gemm_kernel_gflops_per_rank": kernel_gflops, "gemm_gflops_per_rank": rank_gemm,
-            "gemm_kernel_fraction": kernel_gflops / rank_gemm,
+            "gemm_kernel_gflops_per_rank": kernel_gflops, "gemm_gflops_per_rank": lead["gemm_gflops"],
+            "gemm_kernel_fraction": kernel_gflops / lead["gemm_gflops"],
         },
         "crashes": list(crashes),
     }

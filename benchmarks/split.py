@@ -74,4 +74,3 @@ def _self_us(event: Any) -> float:
 def _comm_ms(events: Any) -> float:
     """Self time of collective events, in ms."""
     return sum(_self_us(e) for e in events if any(m in e.key.lower() for m in _COMM_MARKERS)) / 1e3
-
