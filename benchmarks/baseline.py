@@ -82,7 +82,7 @@ class BaselineTrainer:
         self.optimizers = [torch.optim.Adagrad(self.tables, lr=cfg.train.lr, eps=1e-8),
                            _torch_optimizer(cfg.train.dense_optimizer, dense, cfg.train.lr)]
         self.optimizer = _Both(self.optimizers, before_step=self._average_table_gradients)
-        self.source = make_source(cfg)
+        self.source = make_source(cfg, env.device)
         self.global_batch = cfg.train.batch_size * env.world_size
         self.planned = _Estimate()
         names = table_names(cfg.model.num_sparse_features)

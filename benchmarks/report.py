@@ -97,7 +97,9 @@ def write_report(directory: Path) -> Path:
         f"torch {machine['versions']['torch']}, torchrec {machine['versions']['torchrec']}, "
         f"git {str(machine['git_sha'])[:10]}.",
         f"Ceilings measured in this run: fp32 GEMM {ceil['gemm_fp32_gflops']:.0f} GFLOP/s, "
-        f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s.", "",
+        f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s"
+        + (f", embedding (TBE) forward {ceil['tbe_forward_gbps']:.1f} GB/s "
+           f"({100 * ceil['tbe_forward_fraction_of_copy']:.0f}% of copy)." if "tbe_forward_gbps" in ceil else "."), "",
         "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
         "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
         "(DDR on CPU, HBM on GPU). GEMM % step: training FLOPs x ex/s over the GEMM ceiling of the row's "

@@ -65,9 +65,11 @@ def embedding_bytes_per_example(cfg: Config, embedding_dtype: str = "fp32") -> i
     return ids * (3 * m.embedding_dim * b + state)
 
 
-def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 1.0,
+def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 1.0,
                         device: torch.device | str = "cpu") -> float:
-    """Sustained square-GEMM rate with the threads this process has (median of timed bursts)."""
+    """Sustained square-GEMM rate with the threads this process has (median of timed bursts);
+    n x n matrices, 2048 on CPU and 8192 on a GPU unless given."""
+    n = n or (8192 if torch.device(device).type == "cuda" else 2048)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     rates = []
@@ -95,8 +97,11 @@ def rank_gemm_gflops(precision: str, device: torch.device) -> float:
     return measure_gemm_gflops(dtype, seconds=0.5, device=device)
 
 
-def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, device: torch.device | str = "cpu") -> float:
-    """Sustained copy bandwidth, counting bytes read plus bytes written."""
+def measure_copy_gbps(megabytes: int | None = None, seconds: float = 1.0,
+                      device: torch.device | str = "cpu") -> float:
+    """Sustained copy bandwidth, counting bytes read plus bytes written, of a buffer far larger
+    than the caches (256 MiB on CPU, 2 GiB on a GPU unless given)."""
+    megabytes = megabytes or (2048 if torch.device(device).type == "cuda" else 256)
     src = torch.ones(megabytes * 2**20 // 4, device=device)
     dst = torch.empty_like(src)
     rates = []
@@ -111,15 +116,61 @@ def measure_copy_gbps(megabytes: int = 256, seconds: float = 1.0, device: torch.
     return sorted(rates)[len(rates) // 2]
 
 
+def tbe_forward_bytes(batch: int, tables: int, pooling: int, dim: int, weight_bytes: int = 4) -> int:
+    """Bytes one pooled TBE forward moves: each looked-up row read, its int64 index read, the
+    pooled outputs written (offsets are negligible)."""
+    ids = batch * tables * pooling
+    return ids * (dim * weight_bytes + 8) + batch * tables * dim * 4
+
+
+def measure_tbe_forward_gbps(device: torch.device | str = "cpu", seconds: float = 1.0) -> float:
+    """Sustained forward bandwidth of FBGEMM's fused table-batched embedding (the kernel torchrec
+    runs for every sharded table): uniform random ids over tables far larger than any cache, so
+    each lookup is a row read from memory. Sized for the device: 8 x 1M x 128 fp32 on CUDA,
+    4 x 100k x 64 on CPU."""
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen,
+    )
+
+    on_cuda = torch.device(device).type == "cuda"
+    tables, rows, dim, batch, pooling = (8, 1_000_000, 128, 16384, 32) if on_cuda else (4, 100_000, 64, 2048, 8)
+    where = (EmbeddingLocation.DEVICE, ComputeDevice.CUDA) if on_cuda else (EmbeddingLocation.HOST, ComputeDevice.CPU)
+    tbe = SplitTableBatchedEmbeddingBagsCodegen([(rows, dim, *where)] * tables, device=torch.device(device))
+    generator = torch.Generator().manual_seed(0)
+    ids = (torch.randint(0, rows, (tables * batch * pooling,), generator=generator)).to(device)
+    offsets = torch.arange(0, tables * batch * pooling + 1, pooling, dtype=torch.int64).to(device)
+    moved = tbe_forward_bytes(batch, tables, pooling, dim)
+    rates = []
+    with torch.no_grad():
+        tbe(ids, offsets)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or len(rates) < 3:
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(4):
+                tbe(ids, offsets)
+            _sync(device)
+            rates.append(4 * moved / (time.perf_counter() - t) / 1e9)
+    del tbe
+    return sorted(rates)[len(rates) // 2]
+
+
 def _sync(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
 def machine_ceilings(device: torch.device | str = "cpu") -> dict[str, float]:
-    """fp32 and bf16 GEMM GFLOP/s and copy GB/s of this machine, with all its cores."""
-    return {
+    """fp32 and bf16 GEMM GFLOP/s, copy GB/s and the embedding kernel's forward GB/s of this
+    machine, with all its cores (or its GPU)."""
+    ceilings = {
         "gemm_fp32_gflops": measure_gemm_gflops(torch.float32, device=device),
         "gemm_bf16_gflops": measure_gemm_gflops(torch.bfloat16, device=device),
         "copy_gbps": measure_copy_gbps(device=device),
+        "tbe_forward_gbps": measure_tbe_forward_gbps(device=device),
     }
+    ceilings["tbe_forward_fraction_of_copy"] = ceilings["tbe_forward_gbps"] / ceilings["copy_gbps"]
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return ceilings

@@ -68,17 +68,19 @@ def scaling() -> list[Row]:
 
 
 def gpu() -> list[Row]:
+    """The headline rows first (a run cut short still has them), then the batch sweep."""
     cuda = ("sharding.device=cuda",)
+    dcnv2 = (DCNV2, *cuda, *DCNV2_ON_ONE_GPU, "train.precision=bf16", "train.batch_size=8192")
     rows = [_row(f"gpu/criteo/{p}", CRITEO, *cuda, f"train.precision={p}", sharding="planner")
             for p in ("fp32", "bf16")]
+    rows += [_row(f"gpu/dcnv2/{k}", *dcnv2, f"sharding.kernel={k}", kernel=k)
+             for k in ("fused", "fused_uvm_caching")]
+    rows.append(_row("gpu/dcnv2/fused/fp16_tables", *dcnv2, "model.embedding_dtype=fp16"))
+    rows.append(_row("gpu/dcnv2/fused/b32768", *dcnv2, "train.batch_size=32768", sweep="batch"))
     rows += [_row(f"gpu/criteo/bf16/b{b}", CRITEO, *cuda, "train.precision=bf16", f"train.batch_size={b}",
                   sweep="batch", sharding="planner") for b in (4096, 8192, 16384)]
-    rows += [_row(f"gpu/dcnv2/{k}", DCNV2, *cuda, *DCNV2_ON_ONE_GPU, "train.precision=bf16",
-                  "train.batch_size=8192", f"sharding.kernel={k}", kernel=k)
-             for k in ("fused", "fused_uvm_caching")]
-    rows.append(_row("gpu/dcnv2/fused/fp16_tables", DCNV2, *cuda, *DCNV2_ON_ONE_GPU, "train.precision=bf16",
-                     "train.batch_size=8192", "model.embedding_dtype=fp16"))
-    return rows
+    # GPU steps take milliseconds: longer windows, so a window is not a handful of syncs
+    return [Row(**{**r.__dict__, "warmup_steps": 10, "window_steps": 20, "windows": 5}) for r in rows]
 
 
 SUITES: dict[str, Callable[[], list[Row]]] = {

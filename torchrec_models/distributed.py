@@ -60,10 +60,11 @@ def process_group(requested_device: str = "auto") -> Iterator[DistEnv]:
     device, backend = choose_device(requested_device, local_rank)
     created = not dist.is_initialized()
     if created:
-        if "MASTER_ADDR" not in os.environ:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        dist.init_process_group(backend=backend, rank=rank, world_size=world, store=_restart_store(world))
+        if "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend=backend, rank=rank, world_size=world, store=_restart_store(world))
+        else:  # alone: a private port, not written into os.environ where child processes would inherit it
+            dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                                    init_method=f"tcp://127.0.0.1:{_free_port()}")
     try:
         yield DistEnv(rank, world, local_rank, local_world, device, backend)
     finally:

@@ -81,6 +81,8 @@ def make_topology(
     kwargs: dict[str, Any] = dict(hardware)
     if cfg.sharding.hbm_gb:
         kwargs["hbm_cap"] = int(cfg.sharding.hbm_gb * GIB)
+    elif device_type == "cuda" and torch.cuda.is_available():  # the device's own size, not torchrec's 32 GiB default
+        kwargs["hbm_cap"] = int(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory)
     if cfg.sharding.ddr_gb:
         kwargs["ddr_cap"] = int(cfg.sharding.ddr_gb * GIB)
     return Topology(

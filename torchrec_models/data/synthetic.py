@@ -51,8 +51,9 @@ class SyntheticSpec:
 class SyntheticData:
     """Makes any row range of the global batch of any step, train or eval stream."""
 
-    def __init__(self, spec: SyntheticSpec) -> None:
+    def __init__(self, spec: SyntheticSpec, device: torch.device | str = "cpu") -> None:
         self.spec = spec
+        self.device = torch.device(device)
         self.keys = feature_names(len(spec.table_rows))
         teacher = torch.Generator().manual_seed(spec.seed * 7919 + 17)
         f = len(spec.table_rows)
@@ -60,6 +61,8 @@ class SyntheticData:
         self._dense_weight = torch.randn(spec.dense_features, generator=teacher, dtype=torch.float64)
         self._dense_weight *= 1.5 / math.sqrt(spec.dense_features)
         self._pair_weight = torch.randn(f, generator=teacher, dtype=torch.float64) * 1.5 / math.sqrt(f)
+        self._id_weight, self._dense_weight, self._pair_weight = (
+            w.to(self.device) for w in (self._id_weight, self._dense_weight, self._pair_weight))
         self._score_table, self._score_offsets = self._score_lookup()
 
     def _score_lookup(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -68,13 +71,14 @@ class SyntheticData:
         rows = list(self.spec.table_rows)
         if sum(rows) > _MAX_SCORE_TABLE_ROWS:
             return None, None
-        offsets = torch.tensor([0] + rows[:-1]).cumsum(0)
-        table = torch.cat([uniform(self.spec.seed, 3, f, torch.arange(n)) * 2.0 - 1.0 for f, n in enumerate(rows)])
+        offsets = torch.tensor([0] + rows[:-1], device=self.device).cumsum(0)
+        table = torch.cat([uniform(self.spec.seed, 3, f, torch.arange(n, device=self.device)) * 2.0 - 1.0
+                           for f, n in enumerate(rows)])
         return table, offsets
 
     def batch(self, step: int, start: int, stop: int, stream: int = TRAIN_STREAM) -> Batch:
-        """Rows [start, stop) of the global batch of ``step``."""
-        rows = torch.arange(start, stop, dtype=torch.int64)
+        """Rows [start, stop) of the global batch of ``step``, made on this generator's device."""
+        rows = torch.arange(start, stop, dtype=torch.int64, device=self.device)
         key = (self.spec.seed, stream, step)
         dense = self._dense(key, rows)
         lengths, ids, pooled_scores = self._sparse(key, rows)
@@ -83,7 +87,7 @@ class SyntheticData:
         return Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels)
 
     def _dense(self, key: tuple[int, int, int], rows: torch.Tensor) -> torch.Tensor:
-        cols = torch.arange(self.spec.dense_features)
+        cols = torch.arange(self.spec.dense_features, device=self.device)
         u = uniform(*key, 0, rows[:, None], cols[None, :])
         return torch.log1p(-torch.log(u))  # log(1 + Exp(1)) counts, like Criteo's transformed dense
 
@@ -95,16 +99,17 @@ class SyntheticData:
         num_features = len(self.spec.table_rows)
         lengths_by_f: list = [None] * num_features
         ids_by_f: list = [None] * num_features
-        scores = torch.empty(len(rows), num_features, dtype=torch.float64)
+        on = {"device": self.device}
+        scores = torch.empty(len(rows), num_features, dtype=torch.float64, **on)
         for pooling, group in self._pooling_groups():
-            f = torch.tensor(group)[None, :, None]
-            n_rows = torch.tensor([self.spec.table_rows[i] for i in group])[None, :, None]
-            slots = torch.arange(pooling)[None, None, :]
+            f = torch.tensor(group, **on)[None, :, None]
+            n_rows = torch.tensor([self.spec.table_rows[i] for i in group], **on)[None, :, None]
+            slots = torch.arange(pooling, **on)[None, None, :]
             r = rows[:, None, None]
             if self.spec.variable_pooling:
                 lengths = 1 + hash_coords(*key, 1, f, r) % pooling  # [rows, group, 1]
             else:
-                lengths = torch.full((len(rows), len(group), 1), pooling, dtype=torch.int64)
+                lengths = torch.full((len(rows), len(group), 1), pooling, dtype=torch.int64, **on)
             ids = self._zipf_ids(uniform(*key, 2, f, r, slots), n_rows)
             id_scores = self._id_scores(f, ids)
             mask = slots < lengths if self.spec.variable_pooling else None

@@ -41,7 +41,7 @@ class Trainer:
         self.plan = describe_plan(self.planned.plan)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.schedule = LRSchedule(self.optimizer, cfg.train)
-        self.source = make_source(cfg)
+        self.source = make_source(cfg, env.device)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device, execute_all_batches=True)
         self.writer = RunWriter(run_dir, env.is_main)
         self.global_batch = cfg.train.batch_size * env.world_size
