@@ -21,11 +21,19 @@ def gather_full_state_dict(model: nn.Module, dst: int = 0) -> dict[str, torch.Te
     return out if rank == dst else None
 
 
+def _collective_device() -> torch.device:
+    """Where collectives take their tensors: the current GPU under NCCL, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _whole(value: torch.Tensor, rank: int, dst: int) -> torch.Tensor | None:
     if isinstance(value, ShardedTensor):
-        full = torch.empty(value.size(), dtype=value.dtype) if rank == dst else None
+        device = _collective_device()
+        full = torch.empty(value.size(), dtype=value.dtype, device=device) if rank == dst else None
         value.gather(dst=dst, out=full)
-        return full
+        return full.cpu() if full is not None else None
     if hasattr(value, "full_tensor"):  # DTensor
         return value.full_tensor().detach().cpu()
     return value.detach().cpu().clone()

@@ -46,6 +46,12 @@ def _table_shards(model: torch.nn.Module) -> list[torch.Tensor]:
     return out
 
 
+def _table_kernels(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FBGEMM modules under each sharded collection (its lookups are a plain list, which
+    ``modules()`` does not walk)."""
+    return [sub for m in model.modules() for lookup in getattr(m, "_lookups", []) for sub in lookup.modules()]
+
+
 def _assert_learns(trainer: Trainer, steps: int = 60) -> None:
     trainer.train_steps(0, steps)
     assert all(math.isfinite(x) for x in trainer.losses)
@@ -66,7 +72,7 @@ def test_uvm_cache_size_reaches_fbgemm() -> None:
     with trainer_on_gpu("sharding.kernel=fused_uvm_caching", "sharding.cache_load_factor=0.5") as trainer:
         plan = trainer.planned.plan.plan["model.sparse_arch.embedding_bag_collection"]
         assert {ps.cache_params.load_factor for ps in plan.values()} == {0.5}
-        caches = [m.lxu_cache_weights for m in trainer.model.modules() if hasattr(m, "lxu_cache_weights")]
+        caches = [m.lxu_cache_weights for m in _table_kernels(trainer.model) if hasattr(m, "lxu_cache_weights")]
         rows = sum(trainer.cfg.model.table_rows())
         assert caches and 0.4 * rows <= sum(c.size(0) for c in caches) <= 0.6 * rows
         _assert_learns(trainer, 30)

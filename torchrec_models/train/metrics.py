@@ -14,12 +14,14 @@ TASK = RecTaskInfo(name="ctr", label_name="label", prediction_name="prediction",
 class EvalMetrics:
     """Accumulates one evaluation pass; ``compute`` reduces across ranks (a collective)."""
 
-    def __init__(self, world_size: int, rank: int, batch_size: int, num_batches: int) -> None:
+    def __init__(self, world_size: int, rank: int, batch_size: int, num_batches: int,
+                 device: torch.device | str = "cpu") -> None:
         window = max(1, world_size * batch_size * num_batches)
         common = dict(world_size=world_size, my_rank=rank, batch_size=batch_size, tasks=[TASK],
                       window_size=window, compute_on_all_ranks=True)
-        self.auc = AUCMetric(**common)
-        self.ne = NEMetric(**common, include_logloss=True)
+        # the metric states live where the predictions are (and where NCCL can reduce them)
+        self.auc = AUCMetric(**common).to(device)
+        self.ne = NEMetric(**common, include_logloss=True).to(device)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         preds = torch.sigmoid(logits.detach().float())

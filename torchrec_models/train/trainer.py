@@ -142,7 +142,7 @@ class Trainer:
         t = self.cfg.train
         model = self.plain_model()
         model.eval()
-        metrics = EvalMetrics(self.env.world_size, self.env.rank, t.batch_size, t.eval_steps)
+        metrics = EvalMetrics(self.env.world_size, self.env.rank, t.batch_size, t.eval_steps, self.env.device)
         for batch in self.source.eval_batches(self.env.rank, self.env.world_size, t.batch_size, range(t.eval_steps)):
             _, (_, logits, labels) = model(batch.to(self.env.device))
             metrics.update(logits, labels)
