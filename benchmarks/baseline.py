@@ -1,5 +1,5 @@
 """The plain-PyTorch baseline: nn.EmbeddingBag tables replicated on every rank with sparse
-gradients, the MLPs in DDP, Adagrad for the tables and the config's dense optimizer.
+gradients, the MLPs in DDP, Adagrad (or SGD) for the tables and the config's dense optimizer.
 Same data, shapes and loss as the torchrec rows, so the ratio shows what sharding buys.
 
 The tables' sparse gradients are averaged with one blocking ``all_reduce`` per table after
@@ -79,7 +79,7 @@ class BaselineTrainer:
         self.model = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
         self.tables = [p for n, p in model.named_parameters() if n in table_names_in_model]
         dense = [p for n, p in model.named_parameters() if n not in table_names_in_model]
-        self.optimizers = [torch.optim.Adagrad(self.tables, lr=cfg.train.lr, eps=1e-8),
+        self.optimizers = [_table_optimizer(cfg.train.embedding_optimizer, self.tables, cfg.train.lr),
                            _torch_optimizer(cfg.train.dense_optimizer, dense, cfg.train.lr)]
         self.optimizer = _Both(self.optimizers, before_step=self._average_table_gradients)
         self.source = make_source(cfg, env.device)
@@ -116,6 +116,14 @@ class BaselineTrainer:
 
     def close(self) -> None:
         pass
+
+
+def _table_optimizer(kind: str, tables: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """SGD for ``sgd``; Adagrad (the nearest torch optimizer with sparse gradients) for the
+    Adagrad variants, row-wise included."""
+    if kind == "sgd":
+        return torch.optim.SGD(tables, lr=lr)
+    return torch.optim.Adagrad(tables, lr=lr, eps=1e-8)
 
 
 class _Both:

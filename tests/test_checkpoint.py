@@ -154,7 +154,8 @@ def test_checkpoint_holds_tensors_only(straight: Path) -> None:
     assert any(k.startswith("optim.") for k in meta) and any(k.startswith("rng.rank1.") for k in meta)
 
 
-def test_incomplete_or_corrupt_checkpoints_are_never_chosen(straight: Path, tmp_path: Path) -> None:
+def test_incomplete_checkpoints_are_never_chosen_and_damaged_ones_stop_the_resume(
+        straight: Path, tmp_path: Path) -> None:
     import shutil
 
     root = tmp_path / "checkpoints"
@@ -162,12 +163,69 @@ def test_incomplete_or_corrupt_checkpoints_are_never_chosen(straight: Path, tmp_
     newest = complete_checkpoints(root)[-1]
     (root / ".step_00000060.tmp").mkdir()                       # interrupted write
     shutil.copytree(newest.path, root / "step_00000070")
-    (root / "step_00000070" / "manifest.json").unlink()         # no manifest
-    shutil.copytree(newest.path, root / "step_00000080")
-    (root / "step_00000080" / "manifest.json").write_text("{truncated")  # corrupt manifest
+    (root / "step_00000070" / "manifest.json").unlink()         # no manifest: a save that did not finish
     assert resolve_resume("auto", root) == newest.path
     with pytest.raises(CheckpointError, match="step_00000070"):
         resolve_resume(str(root / "step_00000070"), root)
+    shutil.copytree(newest.path, root / "step_00000080")
+    (root / "step_00000080" / "manifest.json").write_text("{truncated")  # damaged after it was written
+    with pytest.raises(CheckpointError, match="step_00000080.*unreadable"):
+        resolve_resume("auto", root)  # not a silent fall-back to an older step
+
+
+def _damaged_copy(straight: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose newest checkpoint has one tensor file cut short."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    shard = sorted(resolve_resume("auto", run / "checkpoints").glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[:100])
+    return run
+
+
+def test_damaged_tensor_file_is_one_line_at_two_ranks(straight: Path, tmp_path: Path) -> None:
+    run = _damaged_copy(straight, tmp_path)
+    out = run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(run),
+                  "--set", *COMMON, "train.steps=60", "checkpoint.every=20")
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "tensor files could not be read" in errors[0]
+    assert "Traceback" not in out.stderr
+    done = run_cli("export", "--checkpoint", str(run), "--out", str(tmp_path / "model.pt"))
+    assert done.returncode == 2 and "tensor files could not be read" in done.stderr
+    assert not list(tmp_path.glob("model.pt*"))
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m.pop("step"), "'step'"),
+    (lambda m: m.update(world_size="two"), "'world_size'"),
+    (lambda m: m["tables"].update(t_cat_0=[1000]), "'tables.t_cat_0'"),
+    (lambda m: m.pop("config"), "'config'"),
+])
+def test_hand_edited_manifest_names_the_field(straight: Path, tmp_path: Path, edit, field: str) -> None:
+    import shutil
+
+    path = tmp_path / "ckpt"
+    shutil.copytree(resolve_resume("auto", straight / "checkpoints"), path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    out = run_cli("export", "--checkpoint", str(path), "--out", str(tmp_path / "model.pt"))
+    assert out.returncode == 2 and field in out.stderr and "manifest.json" in out.stderr, out.stderr[-2000:]
+    assert not list(tmp_path.glob("model.pt*"))
+
+
+def test_run_directory_of_another_config_is_refused(straight: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    for override, key in (("model.bottom_mlp=[32,16]", "model.bottom_mlp"),
+                          ("train.embedding_optimizer=adagrad", "train.embedding_optimizer")):
+        out = run_cli("train", "--config", TINY, "--run-dir", str(run), "--set", *COMMON, "train.steps=60",
+                      override)
+        assert out.returncode == 2 and key in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
 def test_resume_with_other_tables_names_the_table(straight: Path, tmp_path: Path) -> None:

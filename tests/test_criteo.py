@@ -147,6 +147,35 @@ def test_cli_error_is_one_line_and_nothing_is_left(tmp_path: Path, capsys) -> No
     assert [p.name for p in out.iterdir()] == ["keep.txt"]  # no outputs, no temporary directory
 
 
+def _cli_errors(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+
+
+def test_truncated_gzip_is_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
+    import gzip
+
+    whole = gzip.compress("".join(_line() for _ in range(2000)).encode())
+    src = tmp_path / "day_0.gz"
+    src.write_bytes(whole[: len(whole) // 2])  # a download that died half-way
+    out = tmp_path / "out"
+    code = cli_main(["preprocess", "criteo", "--input", str(src), "--out", str(out), "--num-embeddings", "10"])
+    errors = _cli_errors(capsys)
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith(f"error: {src}: compressed input is damaged or cut short")
+    assert not out.exists()
+
+
+def test_empty_input_is_an_error_unless_allowed(tmp_path: Path, capsys) -> None:
+    src = _write(tmp_path / "day_0")
+    args = ["preprocess", "criteo", "--input", str(src), "--out", str(tmp_path / "out"), "--num-embeddings", "10"]
+    assert cli_main(args) == 2
+    errors = _cli_errors(capsys)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {src}: no data rows") and "--allow-empty" in errors[0]
+    assert not (tmp_path / "out").exists()
+    assert cli_main(args + ["--allow-empty"]) == 0
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["rows"] == 0
+
+
 def test_skip_mode_counts_bad_lines(tmp_path: Path, capsys) -> None:
     src = _write(tmp_path / "day_0", _line(), BAD_LINES["hex"][0], _line(), BAD_LINES["label"][0], _line())
     code = cli_main(["preprocess", "criteo", "--input", str(src), "--out", str(tmp_path / "out"),
@@ -283,6 +312,51 @@ def test_nan_dense_value_errors_naming_the_feature(data_dir: Path, tmp_path: Pat
     next(src.train_batches(0, 1, 7, range(1)))  # rows 0..6 are fine
     with pytest.raises(CriteoDataError, match=r"dense feature int_5 in .*day_1_dense\.npy row 7: value nan"):
         next(src.train_batches(0, 1, 8, range(1)))
+
+
+def _copy_dir(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_array_cut_short_names_the_file(data_dir: Path, tmp_path: Path) -> None:
+    out = _copy_dir(data_dir, tmp_path / "cut")
+    dense = array_path(out, "day_1", "dense")
+    dense.write_bytes(dense.read_bytes()[: dense.stat().st_size // 2])  # a copy that died half-way
+    with pytest.raises(CriteoDataError, match=rf"^{dense}: shorter than its header says"):
+        CriteoSource(_cfg(out))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["files"][1].update(rows=999), r"meta\.json: says day_1 has 999 rows but .*day_1_dense\.npy holds 1,200"),
+    (lambda m: m.pop("files"), r"meta\.json: 'files' must be"),
+    (lambda m: m["files"][0].update(rows="many"), r"meta\.json: files\[0\] must hold"),
+])
+def test_meta_that_disagrees_with_the_arrays_names_meta_json(data_dir: Path, tmp_path: Path, edit, message) -> None:
+    out = _copy_dir(data_dir, tmp_path / "meta")
+    meta = json.loads((out / "meta.json").read_text())
+    edit(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CriteoDataError, match=message):
+        CriteoSource(_cfg(out))
+    (out / "meta.json").write_text('{"files": [')
+    with pytest.raises(CriteoDataError, match=r"meta\.json: unreadable"):
+        CriteoSource(_cfg(out))
+
+
+def test_damaged_data_stops_training_with_one_line(data_dir: Path, tmp_path: Path) -> None:
+    out = _copy_dir(data_dir, tmp_path / "cut")
+    labels = array_path(out, "day_0", "labels")
+    labels.write_bytes(labels.read_bytes()[:-100])
+    sets = [f"model.num_embeddings_per_feature={_lst(1000)}", f"model.multi_hot_sizes={_lst(1)}",
+            "data.kind=criteo", f"data.path={out}", "data.eval_fraction=0.2"]
+    run = run_cli("train", "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2", "--set", *sets)
+    errors = [line for line in run.stderr.splitlines() if line.strip()]
+    assert run.returncode == 2 and errors == [f"error: {labels}: shorter than its header says (a copy cut short?); "
+                                              "preprocess the input again"], run.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
 
 
 def test_model_shape_mismatch_names_the_key(data_dir: Path) -> None:

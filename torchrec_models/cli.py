@@ -4,9 +4,11 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from torchrec_models.config import Config, ConfigError, load_config
 from torchrec_models.quiet import quiet_library_noise
@@ -54,6 +56,8 @@ def _add_preprocess_args(sub) -> None:
                      help="apply the vocabulary of an earlier --frequency-threshold output (e.g. to the eval day)")
     pre.add_argument("--on-bad-line", choices=("error", "skip"), default="error",
                      help="a malformed line stops with its file and line (default), or is skipped and counted")
+    pre.add_argument("--allow-empty", action="store_true",
+                     help="accept an input with no data rows (an error otherwise: usually a failed download)")
     pre.add_argument("--chunk-rows", type=int, default=32768, metavar="N", help="lines parsed per block")
 
 
@@ -111,12 +115,12 @@ def _preprocess(args: argparse.Namespace) -> int:
             raise ConfigError("model.num_embeddings_per_feature", f"has {len(sizes)} tables; Criteo has 26 features")
     options = PreprocessOptions(table_sizes=sizes, frequency_threshold=args.frequency_threshold,
                                 vocab_from=args.vocab_from, on_bad_line=args.on_bad_line,
-                                chunk_rows=args.chunk_rows, progress=True)
+                                chunk_rows=args.chunk_rows, progress=True, allow_empty=args.allow_empty)
     try:
         meta = preprocess(args.input, args.out, options)
     except (CriteoDataError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"preprocessed {len(meta['files'])} file(s): {meta['rows']:,} rows, "
           f"{meta['bad_lines_skipped']:,} bad lines skipped, {meta['seconds']:.1f} s, "
           f"{meta['rows_per_sec'] or 0:,.0f} rows/s; {args.out / 'meta.json'}")
@@ -125,7 +129,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
     from torchrec_models.launcher import launch_local, under_launcher
-    from torchrec_models.worker import preflight, train_worker
+    from torchrec_models.worker import preflight, read_user_errors, train_worker
 
     if args.nproc_per_node < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
@@ -136,16 +140,46 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     else:
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-        try:
-            summary = launch_local(train_worker, worker_args, args.nproc_per_node, args.max_restarts)[0]
-        except ChildFailedError as exc:
-            rank, failure = exc.get_first_failure()
-            print(f"error: training failed on rank {rank} (exit code {failure.exitcode}); "
-                  "its traceback is printed above", file=sys.stderr)
-            return 1
+        with _rank_error_dir() as errors:
+            try:
+                summary = launch_local(train_worker, worker_args, args.nproc_per_node, args.max_restarts)[0]
+            except ChildFailedError as exc:
+                messages = read_user_errors(errors)
+                if messages:  # a rank stopped on bad input; the others were stopped because of it
+                    for message in messages:
+                        print(f"error: {message}", file=sys.stderr)
+                    return 2
+                rank, failure = exc.get_first_failure()
+                print(f"error: training failed on rank {rank} (exit code {failure.exitcode}); "
+                      "its traceback is printed above", file=sys.stderr)
+                return 1
     if summary is not None:
         _report(summary, args.run_dir)
     return 0
+
+
+@contextmanager
+def _rank_error_dir() -> Iterator[Path]:
+    """A folder where locally launched ranks leave their one-line errors (see worker.ERROR_DIR_ENV),
+    with elastic's own failure log (a launcher traceback, not the rank's) kept quiet meanwhile."""
+    import logging
+    import tempfile
+
+    from torchrec_models.worker import ERROR_DIR_ENV
+
+    names = ("torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn")
+    logs = [logging.getLogger(n) for n in names]
+    levels = [log.level for log in logs]
+    with tempfile.TemporaryDirectory(prefix="torchrec-models-errors-") as directory:
+        os.environ[ERROR_DIR_ENV] = directory
+        for log in logs:
+            log.setLevel(logging.CRITICAL)
+        try:
+            yield Path(directory)
+        finally:
+            del os.environ[ERROR_DIR_ENV]
+            for log, level in zip(logs, levels):
+                log.setLevel(level)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -10,15 +10,18 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 
-from torchrec_models.config import build_config
 from torchrec_models.models import RankingModel, build_model
-from torchrec_models.train.checkpoint import CheckpointError, read_manifest, resolve_resume
+from torchrec_models.train.checkpoint import (
+    MANIFEST, CheckpointError, dcp_load, manifest_config, read_manifest, resolve_resume,
+)
 
 
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint folder as given, or the newest complete one of a run directory."""
+    if (path / MANIFEST).is_file():  # a checkpoint folder: its own problems are the message
+        read_manifest(path)
+        return path
     for candidate in (path, path / "checkpoints"):
         try:
             found = resolve_resume(str(candidate), candidate)
@@ -32,10 +35,10 @@ def find_checkpoint(path: Path) -> Path:
 def load_unsharded(checkpoint: Path) -> RankingModel:
     """The unsharded model on the CPU with the checkpoint's weights."""
     manifest = read_manifest(checkpoint)
-    cfg = build_config(manifest["config"])
+    cfg = manifest_config(manifest, checkpoint)
     model = build_model(cfg.model, torch.device("cpu"), cfg.train.seed, table_device="cpu")
     state = model.state_dict()
-    dcp.load({"model": state}, checkpoint_id=str(checkpoint), no_dist=True)
+    dcp_load({"model": state}, checkpoint, no_dist=True)
     model.load_state_dict(state)
     return model
 
@@ -46,6 +49,9 @@ def export_checkpoint(path: Path, out: Path) -> Path:
     model = load_unsharded(checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, out)
+    try:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return checkpoint

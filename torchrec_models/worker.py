@@ -1,6 +1,8 @@
 """What each rank runs: join the process group, train, tear down. Thin by design."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,40 @@ def train_worker(
     from torchrec_models.distributed import process_group
     from torchrec_models.train.trainer import run_training
 
+    from torchrec_models.errors import CheckpointError, DataError
+
     cfg = load_config(config_path, list(overrides))
     with process_group(cfg.sharding.device) as env:
-        summary = run_training(cfg, env, Path(run_dir), resume)
+        try:
+            summary = run_training(cfg, env, Path(run_dir), resume)
+        except (ConfigError, CheckpointError, DataError) as exc:
+            if env.world_size == 1 and not _launched():
+                raise  # the CLI prints it
+            _report_user_error(str(exc), env.rank)
         return summary if env.is_main else None
+
+
+USER_ERROR = 2  # the exit status of a rank stopped by bad input (one line, no traceback)
+ERROR_DIR_ENV = "TORCHREC_MODELS_ERROR_DIR"  # set by the CLI's local launch: ranks leave messages there
+
+
+def _report_user_error(message: str, rank: int) -> None:
+    """Leaves the message for the local launcher to print once (else prints it) and exits USER_ERROR."""
+    directory = os.environ.get(ERROR_DIR_ENV)
+    if directory:
+        (Path(directory) / f"rank{rank}.txt").write_text(message)
+    else:
+        print(f"error: rank {rank}: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(USER_ERROR)
+
+
+def read_user_errors(directory: Path) -> list[str]:
+    """The distinct messages ranks left in ``directory``, rank order; identical ones once."""
+    found = sorted(directory.glob("rank*.txt"), key=lambda p: int(p.stem[4:]))
+    return list(dict.fromkeys(p.read_text() for p in found))
+
+
+def _launched() -> bool:
+    from torchrec_models.launcher import under_launcher
+
+    return under_launcher()

@@ -23,6 +23,7 @@ import shutil
 import struct
 import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
@@ -235,6 +236,22 @@ def open_input(path: Path) -> tuple[BinaryIO, BinaryIO]:
     return raw, raw
 
 
+class _CheckedStream:
+    """Reads a (possibly compressed) input; a damaged or cut-short stream becomes one
+    CriteoDataError naming the file and how far it was read, not a decoder traceback."""
+
+    def __init__(self, fh: BinaryIO, scan: "Scan") -> None:
+        self.fh, self.scan = fh, scan
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.fh.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise CriteoDataError(
+                f"{self.scan.path}: compressed input is damaged or cut short after about line "
+                f"{self.scan.lines:,} ({exc})") from None
+
+
 def line_blocks(fh: BinaryIO, chunk_rows: int) -> Iterator[tuple[bytes, int]]:
     """Blocks of at most ``chunk_rows`` complete lines: (bytes ending in ``\\n``, line count)."""
     read_bytes = max(1 << 20, chunk_rows * 256)  # usually one read holds a whole block
@@ -271,7 +288,7 @@ def scan_file(scan: Scan, chunk_rows: int, on_bad_line: str, bar) -> Iterator[Pa
     """Parsed blocks of one input; a bad line raises ``CriteoDataError`` ("error") or is dropped ("skip")."""
     fh, raw = open_input(scan.path)
     try:
-        for block, n_lines in line_blocks(fh, chunk_rows):
+        for block, n_lines in line_blocks(_CheckedStream(fh, scan), chunk_rows):  # type: ignore[arg-type]
             block = block.replace(b"\r\n", b"\n")
             parsed = parse_block(block)
             bad = np.flatnonzero(parsed.bad)
@@ -385,6 +402,7 @@ class PreprocessOptions:
     on_bad_line: str = "error"
     chunk_rows: int = 32768  # lines per parsed block; small blocks stay in cache
     progress: bool = True
+    allow_empty: bool = False  # an input with no data rows is an error unless this is set
 
     def validate(self) -> None:
         from torchrec_models.config import ConfigError
@@ -509,6 +527,10 @@ def _convert(path: Path, work: Path, vocab: list[np.ndarray] | None, options: Pr
     finally:
         for w in writers:
             w.close()
+    if writers[0].rows == 0 and not options.allow_empty:
+        what = f"all {scan.skipped:,} lines were bad and skipped" if scan.skipped else "it is empty"
+        raise CriteoDataError(f"{path}: no data rows ({what}); an empty input is usually a failed download "
+                              "or copy (pass --allow-empty to accept it)")
     entry = {"stem": stem, "input": str(path), "rows": writers[0].rows, "bad_lines_skipped": scan.skipped}
     if scan.first_skipped:
         entry["first_bad_line"] = scan.first_skipped
@@ -546,5 +568,20 @@ def _publish(work: Path, out: Path) -> None:
 
 
 def read_meta(directory: Path | str) -> dict | None:
+    """``meta.json`` of a preprocessed directory (None without one), checked for the fields
+    the reader uses: ``files``, each with a ``stem`` and a row count."""
     path = Path(directory) / META
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CriteoDataError(f"{path}: unreadable ({exc})") from None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, list) or not files:
+        raise CriteoDataError(f"{path}: 'files' must be a non-empty list of {{stem, rows}} entries")
+    for i, entry in enumerate(files):
+        ok = isinstance(entry, dict) and isinstance(entry.get("stem"), str) and isinstance(entry.get("rows"), int)
+        if not ok or entry["rows"] < 0:
+            raise CriteoDataError(f"{path}: files[{i}] must hold a 'stem' (text) and 'rows' (an integer >= 0)")
+    return meta

@@ -48,13 +48,16 @@ class CriteoFiles:
         directory = Path(directory)
         if not directory.is_dir():
             raise ConfigError(key, f"{str(directory)!r} is not a directory (run `preprocess criteo` first)")
-        stems = _stems(directory)
+        meta = read_meta(directory)
+        stems = _stems(directory, meta)
         if not stems:
             raise ConfigError(key, f"{str(directory)!r} holds no preprocessed Criteo files (*_dense.npy)")
         arrays = {a: [] for a in ("dense", "sparse", "labels")}
         for stem in stems:
             for name, arr in _open_set(directory, stem, key).items():
                 arrays[name].append(arr)
+        if meta is not None:
+            _check_meta_rows(directory, meta, arrays["dense"])
         starts = np.concatenate(([0], np.cumsum([len(d) for d in arrays["dense"]]))).astype(np.int64)
         if starts[-1] == 0:
             raise ConfigError(key, f"{str(directory)!r} holds no rows")
@@ -90,12 +93,31 @@ class CriteoFiles:
         return str(array_path(self.directory, self.stems[k], "sparse")), int(row - self.starts[k])
 
 
-def _stems(directory: Path) -> list[str]:
-    meta = read_meta(directory)
+def _stems(directory: Path, meta: dict | None) -> list[str]:
     if meta is not None:
         return [f["stem"] for f in meta["files"]]
     names = [p.name[: -len("_dense.npy")] for p in directory.glob("*_dense.npy")]
     return sorted(names, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+
+
+def _map_array(path: Path) -> np.ndarray:
+    """The memory-mapped array, or one error naming the file when it is cut short or not an array."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError as exc:
+        if "mmap length is greater than file size" in str(exc):
+            raise CriteoDataError(f"{path}: shorter than its header says (a copy cut short?); "
+                                  "preprocess the input again") from None
+        raise CriteoDataError(f"{path}: not a readable .npy array ({exc})") from None
+
+
+def _check_meta_rows(directory: Path, meta: dict, dense: list[np.ndarray]) -> None:
+    """Each file's rows in ``meta.json`` must be the rows its arrays hold."""
+    for entry, arr in zip(meta["files"], dense):
+        if entry["rows"] != len(arr):
+            raise CriteoDataError(
+                f"{directory / 'meta.json'}: says {entry['stem']} has {entry['rows']:,} rows but "
+                f"{array_path(directory, entry['stem'], 'dense')} holds {len(arr):,}")
 
 
 def _open_set(directory: Path, stem: str, key: str) -> dict[str, np.ndarray]:
@@ -105,7 +127,7 @@ def _open_set(directory: Path, stem: str, key: str) -> dict[str, np.ndarray]:
         path = array_path(directory, stem, name)
         if not path.is_file():
             raise ConfigError(key, f"{str(path)!r} is missing")
-        arr = np.load(path, mmap_mode="r")
+        arr = _map_array(path)
         shape_ok = arr.ndim == 2 and arr.shape[1] == width or (name == "labels" and arr.ndim == 1)
         if not shape_ok:
             raise CriteoDataError(f"{path}: shape {arr.shape}, expected [rows, {width}]")

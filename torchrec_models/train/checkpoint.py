@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from torchrec_models.config import Config
 from torchrec_models.errors import CheckpointError
@@ -48,13 +49,48 @@ def read_manifest(path: Path) -> dict[str, Any]:
         data = json.loads(manifest.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{manifest}: unreadable ({exc.msg})") from None
-    if data.get("format") != FORMAT or not (path / ".metadata").is_file():
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not (path / ".metadata").is_file():
         raise CheckpointError(f"{path}: incomplete or of an unknown format")
+    _check_manifest_fields(data, manifest)
     return data
 
 
-def complete_checkpoints(root: Path) -> list[CheckpointRef]:
-    """Complete checkpoints under ``root``, oldest first; partial or corrupt ones are skipped."""
+def _check_manifest_fields(data: dict[str, Any], manifest: Path) -> None:
+    """The fields a resume or an export reads, with their types; the message names the field."""
+    def bad(field: str, what: str) -> CheckpointError:
+        return CheckpointError(f"{manifest}: '{field}' {what} (was the file edited?)")
+
+    for field in ("step", "world_size"):
+        value = data.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(field, "must be an integer >= 0")
+    tables = data.get("tables")
+    if not isinstance(tables, dict) or not tables:
+        raise bad("tables", "must map each table to [rows, dim]")
+    for name, shape in tables.items():
+        if not (isinstance(shape, list) and len(shape) == 2 and all(type(n) is int and n > 0 for n in shape)):
+            raise bad(f"tables.{name}", "must be [rows, dim], two integers > 0")
+    config = data.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) \
+            or not isinstance(config["model"].get("arch"), str):
+        raise bad("config", "must hold the run's config, with model.arch")
+
+
+def manifest_config(manifest: dict[str, Any], path: Path) -> Config:
+    """The run config saved in a checkpoint's manifest, validated like any config."""
+    from torchrec_models.config import ConfigError, build_config
+
+    try:
+        return build_config(manifest["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path / MANIFEST}: its saved config is invalid: {exc}") from None
+
+
+def complete_checkpoints(root: Path, strict: bool = False) -> list[CheckpointRef]:
+    """Complete checkpoints under ``root``, oldest first. Partial ones (no manifest yet: a save
+    that did not finish) are skipped; so are damaged ones, unless ``strict``, where a manifest
+    that exists but does not read right raises CheckpointError rather than letting a resume
+    fall back to an older step without a word."""
     if not root.is_dir():
         return []
     found = []
@@ -65,6 +101,8 @@ def complete_checkpoints(root: Path) -> list[CheckpointRef]:
         try:
             read_manifest(child)
         except CheckpointError:
+            if strict and (child / MANIFEST).is_file():
+                raise
             continue
         found.append(CheckpointRef(child, int(match.group(1))))
     return sorted(found, key=lambda c: c.step)
@@ -75,10 +113,10 @@ def resolve_resume(resume: str, root: Path) -> Path | None:
     if resume == "none":
         return None
     if resume == "auto":
-        found = complete_checkpoints(root)
+        found = complete_checkpoints(root, strict=True)
         return found[-1].path if found else None
     path = Path(resume)
-    newest = complete_checkpoints(path)
+    newest = complete_checkpoints(path, strict=True)
     if newest:  # a checkpoint folder's parent: take its newest
         return newest[-1].path
     read_manifest(path)
@@ -134,7 +172,7 @@ def load_checkpoint(trainer: Any, path: Path) -> int:
     state["rng"] = {k: v for k, v in state["rng"].items() if any(s.startswith(f"rng.{k}.") for s in saved)}
     if not state["rng"]:  # a rank the saving world did not have
         del state["rng"]
-    dcp.load(state, checkpoint_id=str(path))
+    dcp_load(state, path)
     trainer.model.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict({"state": state["optim"]})
     for rng in state.get("rng", {}).values():
@@ -144,8 +182,35 @@ def load_checkpoint(trainer: Any, path: Path) -> int:
     return int(manifest["step"])
 
 
+def dcp_load(state: dict[str, Any], path: Path, **kwargs: Any) -> None:
+    """``dcp.load`` in place; damaged or missing shard files become one CheckpointError."""
+    try:
+        dcp.load(state, checkpoint_id=str(path), **kwargs)
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 -- whatever the reader raised, the files are the cause
+        raise CheckpointError(f"{path}: its tensor files could not be read ({_first_cause(exc)[:300]})") from None
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The first line of the underlying error (DCP wraps each rank's failure)."""
+    if isinstance(exc, CheckpointException) and exc.failures:
+        exc = next(iter(exc.failures.values()))[0]
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+# The model fields that shape parameters beyond the tables, per architecture.
+_SHAPE_FIELDS = {
+    "dlrm": ("dense_in_features", "bottom_mlp", "top_mlp", "embedding_dtype"),
+    "dcn": ("dense_in_features", "bottom_mlp", "top_mlp", "embedding_dtype", "dcn_num_layers", "dcn_low_rank_dim"),
+    "projection": ("dense_in_features", "bottom_mlp", "top_mlp", "embedding_dtype",
+                   "projection_branch1", "projection_branch2"),
+}
+_OPTIMIZER_FIELDS = ("embedding_optimizer", "dense_optimizer")
+
+
 def check_compatible(manifest: dict[str, Any], cfg: Config, path: Path) -> None:
-    """Tables and shapes must match the run's config; the message names the first table that differs."""
+    """Tables, dense layers and optimizers must match the run's config, so the saved tensors fit;
+    the message names the first table or key that differs."""
     saved, current = manifest["tables"], table_shapes(cfg)
     for name in sorted(set(saved) | set(current)):
         if name not in current:
@@ -159,6 +224,13 @@ def check_compatible(manifest: dict[str, Any], cfg: Config, path: Path) -> None:
     arch = manifest["config"]["model"]["arch"]
     if arch != cfg.model.arch:
         raise CheckpointError(f"{path}: model.arch is {arch!r} in the checkpoint but {cfg.model.arch!r} here")
+    saved_cfg, current_cfg = manifest["config"], cfg.to_dict()
+    keys = [("model", k) for k in _SHAPE_FIELDS.get(arch, ())] + [("train", k) for k in _OPTIMIZER_FIELDS]
+    for section, key in keys:
+        was, now = saved_cfg.get(section, {}).get(key), current_cfg[section][key]
+        if was is not None and was != now:
+            raise CheckpointError(f"{path}: {section}.{key} is {was!r} in the checkpoint but {now!r} here "
+                                  "(a run directory of another config?)")
 
 
 def _prune(root: Path, keep: int) -> None:
