@@ -176,6 +176,18 @@ def test_empty_input_is_an_error_unless_allowed(tmp_path: Path, capsys) -> None:
     assert json.loads((tmp_path / "out" / "meta.json").read_text())["rows"] == 0
 
 
+def test_damaged_vocabulary_names_the_file(tmp_path: Path) -> None:
+    src = _write(tmp_path / "day_0", _line(), _line())
+    preprocess([src], tmp_path / "train", PreprocessOptions(table_sizes=[10] * 26, frequency_threshold=1,
+                                                            progress=False))
+    vocab = tmp_path / "train" / "vocab.npz"
+    vocab.write_bytes(vocab.read_bytes()[:50])
+    with pytest.raises(CriteoDataError, match=rf"^{vocab}: not a readable vocabulary"):
+        preprocess([src], tmp_path / "test", PreprocessOptions(table_sizes=[10] * 26, vocab_from=tmp_path / "train",
+                                                               progress=False))
+    assert not (tmp_path / "test").exists()
+
+
 def test_skip_mode_counts_bad_lines(tmp_path: Path, capsys) -> None:
     src = _write(tmp_path / "day_0", _line(), BAD_LINES["hex"][0], _line(), BAD_LINES["label"][0], _line())
     code = cli_main(["preprocess", "criteo", "--input", str(src), "--out", str(tmp_path / "out"),

@@ -505,8 +505,13 @@ def load_vocabulary(directory: Path | str) -> list[np.ndarray]:
     if not path.is_file():
         raise ConfigError(str(path), "no such file (written by preprocess --frequency-threshold)",
                           where="vocabulary")
-    with np.load(path) as saved:
-        return [saved[cat_name(f)].astype(np.uint64) for f in range(CAT_FEATURES)]
+    import zipfile
+
+    try:
+        with np.load(path) as saved:
+            return [saved[cat_name(f)].astype(np.uint64) for f in range(CAT_FEATURES)]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise CriteoDataError(f"{path}: not a readable vocabulary ({type(exc).__name__}: {exc})") from None
 
 
 def _convert(path: Path, work: Path, vocab: list[np.ndarray] | None, options: PreprocessOptions) -> dict:
