@@ -6,7 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.data_throughput import preprocess_rows_per_sec, reader_examples_per_sec
+from benchmarks.data_throughput import (
+    GENERATOR_SHAPES, generator_examples_per_sec, preprocess_rows_per_sec, reader_examples_per_sec,
+)
 from torchrec_models import runinfo
 
 
@@ -19,6 +21,7 @@ def run_data_suite(out: Path, training_examples_per_sec: float | None = None) ->
             "preprocess": preprocess_rows_per_sec(tmp),
             "reader_shuffled": reader_examples_per_sec(tmp, shuffle=True),
             "reader_in_order": reader_examples_per_sec(tmp, shuffle=False),
+            "generator": [generator_examples_per_sec(shape) for shape in GENERATOR_SHAPES],
         }
     (out / "data.json").write_text(json.dumps(result, indent=2) + "\n")
     hw = result["hardware"]
@@ -31,5 +34,7 @@ def run_data_suite(out: Path, training_examples_per_sec: float | None = None) ->
         f"{result['reader_shuffled']['examples_per_sec']:,.0f} examples/s |",
         f"| reader, same, in file order | {result['reader_in_order']['examples_per_sec']:,.0f} examples/s |",
     ]
+    lines += [f"| synthetic generator, {g['shape']}, batch {g['batch_size']} | {g['examples_per_sec']:,.0f} "
+              f"examples/s ({g['ms_per_batch']:.1f} ms a batch) |" for g in result["generator"]]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return result

@@ -64,3 +64,37 @@ def reader_examples_per_sec(tmpdir: str | Path, batch_size: int = 2048, steps: i
         rates.append(steps * batch_size / (time.perf_counter() - started))
     return {"batch_size": batch_size, "steps_per_window": steps, "windows": windows, "shuffle": shuffle,
             "rows": source.train_order.count, "examples_per_sec": statistics.median(rates), "window_rates": rates}
+
+
+# The synthetic generator on the suites' shapes (config, overrides).
+GENERATOR_SHAPES = {
+    "criteo_onehot": ("dlrm_criteo_onehot.toml", ()),
+    "embedding_heavy": ("dlrm_criteo_onehot.toml", (f"model.num_embeddings_per_feature={[1_000_000] * 8}",
+                                                    f"model.multi_hot_sizes={[100] * 8}",
+                                                    "model.bottom_mlp=[512,512,64]")),
+    "dcnv2_mlperf": ("dlrm_dcnv2_mlperf.toml", ("model.max_rows_per_table=4000000",)),
+}
+
+
+def generator_examples_per_sec(shape: str, batch_size: int = 2048, steps: int = 5, windows: int = 5,
+                               device: str = "cpu") -> dict:
+    """Median examples/s of the synthetic generator making one rank's batches (fresh steps each time)."""
+    import torch
+
+    from torchrec_models.config import load_config
+    from torchrec_models.data.synthetic import SyntheticData, SyntheticSpec
+
+    config, overrides = GENERATOR_SHAPES[shape]
+    data = SyntheticData(SyntheticSpec.from_config(load_config(CRITEO.parent / config, list(overrides))), device)
+    data.batch(0, 0, batch_size)
+    rates, step = [], 1
+    for _ in range(windows):
+        started = time.perf_counter()
+        for _ in range(steps):
+            data.batch(step, 0, batch_size)
+            step += 1
+        if device != "cpu":
+            torch.cuda.synchronize()
+        rates.append(steps * batch_size / (time.perf_counter() - started))
+    return {"shape": shape, "batch_size": batch_size, "examples_per_sec": statistics.median(rates),
+            "ms_per_batch": 1e3 * batch_size / statistics.median(rates), "window_rates": rates}

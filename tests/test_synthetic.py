@@ -1,6 +1,7 @@
 """The synthetic generator: deterministic, sliceable, skewed, learnable."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import TINY
@@ -79,3 +80,18 @@ def test_labels_follow_the_teacher() -> None:
 def test_hash_coords_broadcasts() -> None:
     h = hash_coords(1, torch.arange(3)[:, None], torch.arange(4)[None, :])
     assert h.shape == (3, 4) and len(set(h.flatten().tolist())) == 12
+
+
+@pytest.mark.parametrize("overrides", [
+    (),
+    ("model.num_embeddings_per_feature=[20000000,10,300,5]", "model.multi_hot_sizes=[3,1,3,7]"),  # scores hashed
+    ("model.num_embeddings_per_feature=[100,200,300,400]", "model.multi_hot_sizes=[2,9,2,1]"),
+])
+def test_one_grid_draw_matches_the_per_pooling_draw(overrides: tuple[str, ...]) -> None:
+    data = _data(*overrides)
+    rows, key = torch.arange(40, 104), (data.spec.seed, 0, 5)
+    kjt, scores = data._sparse_fixed(key, rows)
+    lengths, ids, expected_scores = data._sparse(key, rows)
+    assert torch.equal(kjt.values(), ids) and torch.equal(kjt.lengths(), lengths)
+    assert torch.equal(scores, expected_scores)
+    assert kjt.length_per_key() == [int(lengths[i * 64:(i + 1) * 64].sum()) for i in range(4)]

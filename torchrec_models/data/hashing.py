@@ -58,6 +58,20 @@ def hash_coords(*coords: torch.Tensor | int) -> torch.Tensor:
     return torch.as_tensor(h, dtype=torch.int64)
 
 
+def extend_hash(h: torch.Tensor, *coords: torch.Tensor | int) -> torch.Tensor:
+    """Folds more coordinates into hashes: ``extend_hash(hash_coords(a, b), c) == hash_coords(a, b, c)``,
+    so a hash of leading coordinates can be computed once and gathered or broadcast before the rest."""
+    for c in coords:
+        c = torch.as_tensor(c, dtype=torch.int64, device=h.device) & MASK32
+        h = fmix32((_mul32(h, 0x9E3779B1) + c) & MASK32)
+    return h
+
+
+def to_uniform(h: torch.Tensor) -> torch.Tensor:
+    """Uniform floats in (0, 1), 24-bit resolution, from 32-bit hashes."""
+    return ((h >> 8).double() + 0.5) / float(1 << 24)
+
+
 def uniform(*coords: torch.Tensor | int) -> torch.Tensor:
     """Uniform floats in (0, 1), 24-bit resolution, from the hash of the coordinates."""
-    return ((hash_coords(*coords) >> 8).double() + 0.5) / float(1 << 24)
+    return to_uniform(hash_coords(*coords))

@@ -16,7 +16,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import Config, feature_names
-from torchrec_models.data.hashing import hash_coords, uniform
+from torchrec_models.data.hashing import extend_hash, hash_coords, to_uniform, uniform
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 _ID_SCRAMBLE = 2654435761  # prime; makes hot ids land anywhere in a table
@@ -64,6 +64,7 @@ class SyntheticData:
         self._id_weight, self._dense_weight, self._pair_weight = (
             w.to(self.device) for w in (self._id_weight, self._dense_weight, self._pair_weight))
         self._score_table, self._score_offsets = self._score_lookup()
+        self._slots = None if spec.variable_pooling else _SlotLayout(spec, self.device)
 
     def _score_lookup(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Every id's teacher score, precomputed once when all tables together are small enough
@@ -81,10 +82,32 @@ class SyntheticData:
         rows = torch.arange(start, stop, dtype=torch.int64, device=self.device)
         key = (self.spec.seed, stream, step)
         dense = self._dense(key, rows)
-        lengths, ids, pooled_scores = self._sparse(key, rows)
+        if self._slots is not None:
+            kjt, pooled_scores = self._sparse_fixed(key, rows)
+        else:
+            lengths, ids, pooled_scores = self._sparse(key, rows)
+            kjt = KeyedJaggedTensor.from_lengths_sync(keys=self.keys, values=ids, lengths=lengths)
         labels = self._labels(key, rows, dense, pooled_scores)
-        kjt = KeyedJaggedTensor.from_lengths_sync(keys=self.keys, values=ids, lengths=lengths)
         return Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels)
+
+    def _sparse_fixed(self, key, rows) -> tuple[KeyedJaggedTensor, torch.Tensor]:
+        """The ids and mean teacher scores of every feature drawn as one [rows, slots] grid: the
+        same values as ``_sparse`` (the hash of (feature, row) is made once per feature and
+        gathered to its slots), in a few dozen tensor ops instead of a few dozen per pooling size."""
+        layout = self._slots
+        per_feature = hash_coords(*key, 2, layout.features[None, :], rows[:, None])  # [rows, features], layout order
+        per_slot = per_feature.repeat_interleave(layout.feature_slots, dim=1)
+        u = to_uniform(extend_hash(per_slot, layout.slot_index[None, :]))
+        ids = self._zipf_ids(u, layout.slot_rows[None, :])  # [rows, slots], slots grouped by pooling size
+        id_scores = self._id_scores(layout.slot_feature[None, :], ids)
+        scores = torch.empty(len(rows), len(self.keys), dtype=torch.float64, device=self.device)
+        for start, pooling, group in layout.groups:
+            width = len(group) * pooling
+            scores[:, group] = id_scores[:, start:start + width].reshape(len(rows), len(group), pooling).sum(2) / pooling
+        values, lengths, per_key = layout.key_major(ids)
+        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=len(rows),
+                                length_per_key=per_key)
+        return kjt, scores
 
     def _dense(self, key: tuple[int, int, int], rows: torch.Tensor) -> torch.Tensor:
         cols = torch.arange(self.spec.dense_features, device=self.device)
@@ -125,13 +148,10 @@ class SyntheticData:
         """The teacher's score in [-1, 1) of each id: looked up where the tables are small, else hashed."""
         if self._score_table is None:
             return uniform(self.spec.seed, 3, f, ids) * 2.0 - 1.0
-        return self._score_table[self._score_offsets[f] + ids]
+        return torch.take(self._score_table, self._score_offsets[f] + ids)
 
     def _pooling_groups(self) -> list[tuple[int, list[int]]]:
-        groups: dict[int, list[int]] = {}
-        for feature, pooling in enumerate(self.spec.pooling):
-            groups.setdefault(pooling, []).append(feature)
-        return sorted(groups.items())
+        return _pooling_groups(self.spec.pooling)
 
     def _zipf_ids(self, u: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
         """Inverse-CDF draw from a continuous power law over [1, n+1), then a fixed scramble."""
@@ -153,6 +173,53 @@ class SyntheticData:
             flip = uniform(*key, 5, rows) < self.spec.label_noise
             label = torch.where(flip, 1 - label, label)
         return label
+
+
+class _SlotLayout:
+    """Where each feature's slots sit in the one-grid draw (fixed pooling): grouped by pooling
+    size as ``_sparse`` draws them, and how to read them back key-major for the KJT."""
+
+    def __init__(self, spec: SyntheticSpec, device: torch.device) -> None:
+        self.groups: list[tuple[int, int, list[int]]] = []  # (first slot, pooling, features)
+        slot_feature, slot_index, start = [], [], 0
+        for pooling, group in _pooling_groups(spec.pooling):
+            self.groups.append((start, pooling, group))
+            for feature in group:
+                slot_feature += [feature] * pooling
+                slot_index += list(range(pooling))
+            start += len(group) * pooling
+        self.first_slot = {f: s + group.index(f) * p for s, p, group in self.groups for f in group}
+        self.pooling = list(spec.pooling)
+        on = {"device": device, "dtype": torch.int64}
+        in_layout = [f for _, _, group in self.groups for f in group]
+        self.features = torch.tensor(in_layout, **on)
+        self.feature_slots = torch.tensor([spec.pooling[f] for f in in_layout], **on)
+        self.slot_feature = torch.tensor(slot_feature, **on)
+        self.slot_index = torch.tensor(slot_index, **on)
+        self.slot_rows = torch.tensor([spec.table_rows[f] for f in slot_feature], **on)
+        self._lengths: dict[int, torch.Tensor] = {}
+
+    def key_major(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(values, lengths, values per key) of a [rows, slots] grid in the KJT's key-major order:
+        one block copy per feature."""
+        rows = ids.size(0)
+        if rows not in self._lengths:
+            self._lengths[rows] = torch.cat(
+                [torch.full((rows,), p, dtype=torch.int64, device=ids.device) for p in self.pooling])
+        values = torch.empty(ids.numel(), dtype=ids.dtype, device=ids.device)
+        at = 0
+        for f, p in enumerate(self.pooling):
+            values[at:at + rows * p].view(rows, p).copy_(ids[:, self.first_slot[f]:self.first_slot[f] + p])
+            at += rows * p
+        return values, self._lengths[rows], [rows * p for p in self.pooling]
+
+
+def _pooling_groups(pooling: tuple[int, ...]) -> list[tuple[int, list[int]]]:
+    """(pooling size, features with it), by pooling size."""
+    groups: dict[int, list[int]] = {}
+    for feature, size in enumerate(pooling):
+        groups.setdefault(size, []).append(feature)
+    return sorted(groups.items())
 
 
 def rank_batches(
