@@ -14,8 +14,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("e2e") / "run"
-    done = run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(out))
+    done = run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(out),
+                   "--profile", str(out.parent / "profile"))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "profile of 5 steps" in done.stdout and "Self CPU" in done.stdout  # rank 0's top ops
     assert "table_wise" in done.stdout or "data_parallel" in done.stdout or "column_wise" in done.stdout
     return out
 
@@ -48,3 +50,12 @@ def test_plan_and_logs_written(run_dir: Path) -> None:
     assert all(r["ddr_bytes"] > 0 for r in plan["estimate_per_rank"])
     assert any(p.name.startswith("events.out.tfevents") for p in (run_dir / "tb").iterdir())
     assert json.loads((run_dir / "config.json").read_text())["model"]["arch"] == "dlrm"
+
+
+def test_profile_writes_a_trace_per_rank(run_dir: Path) -> None:
+    profile = run_dir.parent / "profile"
+    for rank in (0, 1):
+        trace = json.loads((profile / f"rank{rank}.pt.trace.json").read_text())
+        names = {e.get("name", "") for e in trace["traceEvents"]}
+        assert any("mm" in n for n in names) and any("embedding" in n for n in names)
+        assert "Self CPU" in (profile / f"top_ops_rank{rank}.txt").read_text()

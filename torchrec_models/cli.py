@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", required=True, type=Path, help="where outputs go")
     train.add_argument("--nproc-per-node", type=int, default=1, help="local ranks to start")
     train.add_argument("--max-restarts", type=int, default=0, help="elastic restarts after a failure")
+    train.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                       help="write a torch.profiler trace of a few steps (train.profile_steps, after "
+                            "train.measure_after) to DIR and print the ops that cost most")
     train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                        help="auto (default): the newest complete checkpoint of this run, if any")
     export = sub.add_parser("export", help="consolidate a checkpoint into one unsharded state dict")
@@ -90,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "preprocess":
             return _preprocess(args)
+        if args.command == "train" and args.profile is not None:
+            args.overrides.append(f"train.profile_dir={args.profile.resolve()}")
         cfg = load_config(args.config, args.overrides)
         if args.command == "train":
             return _train(args, cfg)

@@ -202,9 +202,11 @@ class TrainConfig:
     log_every: int = 20
     measure_after: int = 5  # steps left out of examples/s as warm-up
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
+    profile_dir: str = ""  # non-empty: a torch.profiler trace of profile_steps steps (after measure_after) goes here
+    profile_steps: int = 5
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "steps", "eval_steps", "log_every"):
+        for key in ("batch_size", "steps", "eval_steps", "log_every", "profile_steps"):
             _check_positive(f"train.{key}", getattr(self, key))
         _check_positive("train.lr", self.lr)
         for key in ("embedding_lr", "warmup_steps", "decay_start", "decay_steps", "eval_every",

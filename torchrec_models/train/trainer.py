@@ -19,6 +19,7 @@ from torchrec_models.sharding import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from torchrec_models.train.metrics import EvalMetrics
 from torchrec_models.train.optim import LRSchedule, build_optimizer
+from torchrec_models.train.profiling import StepProfiler
 from torchrec_models.train.outputs import RunWriter
 from torchrec_models.train.throughput import ThroughputMeter
 
@@ -48,6 +49,9 @@ class Trainer:
         self.losses: list[float] = []
         self.start_step = 0
         self.optimizer.init_state()  # optimizer state exists before the first step, for checkpoints
+        t = cfg.train
+        self.profiler = (StepProfiler(t.profile_dir, t.measure_after, t.profile_steps, env.rank, env.device)
+                         if t.profile_dir else None)
         ckpt = cfg.checkpoint
         self.checkpoint_root = Path(ckpt.dir) if ckpt.dir else (run_dir / "checkpoints" if run_dir else None)
 
@@ -120,6 +124,8 @@ class Trainer:
             window_loss += loss
             window_steps += 1
             meter.step_done(step)
+            if self.profiler is not None:
+                self.profiler.step_done(step)
             bar.update(1)
             if (step + 1) % t.log_every == 0 or step + 1 == stop:
                 mean_loss = _mean_over_ranks(float(window_loss) / window_steps, self.env.device)
