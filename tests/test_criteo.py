@@ -513,3 +513,23 @@ def test_hashed_ids_are_counted_in_the_run_summary(data_dir: Path, tmp_path: Pat
     train_hashed = (stored >= 100).sum(axis=0)
     assert all(counts[f"cat_{i}"] >= train_hashed[i] for i in range(26))  # eval batches add their own
     assert sum(counts.values()) > 0
+
+
+@pytest.mark.slow
+def test_criteo_preset_ends_better_than_the_base_rate_on_small_generated_data(tmp_path: Path) -> None:
+    """As shipped and with the README's small-data batch: NE < 1, and the smaller batch better."""
+    for name, rows, seed in (("train", 30_000, 3), ("test", 10_000, 4)):
+        src = write_criteo_tsv(tmp_path / f"{name}.txt", rows, seed=seed)
+        preprocess([src], tmp_path / name, PreprocessOptions(table_sizes=[100_000] * 26, progress=False))
+    results = {}
+    for batch in (2048, 512):
+        run = tmp_path / f"run{batch}"
+        done = run_cli("train", "--config", str(ROOT / "configs" / "dlrm_criteo_onehot.toml"), "--nproc-per-node", "2",
+                       "--run-dir", str(run), "--set", "data.kind=criteo", f"data.path={tmp_path / 'train'}",
+                       f"data.eval_path={tmp_path / 'test'}", "train.epochs=1", f"train.batch_size={batch}")
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["eval"]["examples"] == 10_000 and summary["warnings"] == []
+        results[batch] = summary["eval"]
+    assert results[2048]["ne"] < 1.0 and results[512]["ne"] < results[2048]["ne"]
+    assert results[512]["auc"] > 0.75

@@ -123,6 +123,7 @@ class DataConfig:
     zipf_exponent: float = 1.05
     variable_pooling: bool = False
     label_noise: float = 0.0  # synthetic: fraction of labels flipped at random
+    eval_examples: int = 32768  # synthetic: the held-out stream's size, evaluated whole when train.eval_steps = 0
     eval_path: str = ""  # criteo: a preprocessed directory for evaluation
     eval_fraction: float = 0.0  # criteo without eval_path: the last fraction of data.path is held out
     shuffle: bool = False  # criteo: a deterministic permutation per epoch, seeded by train.seed
@@ -148,6 +149,7 @@ class DataConfig:
                               "(synthetic data already follows model.multi_hot_sizes)")
         if self.zipf_exponent < 0:
             raise ConfigError("data.zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
+        _check_positive("data.eval_examples", self.eval_examples)
         if not 0.0 <= self.label_noise < 0.5:
             raise ConfigError("data.label_noise", f"must be in [0, 0.5), got {self.label_noise}")
 
@@ -188,6 +190,7 @@ class TrainConfig:
 
     batch_size: int = 256
     steps: int = 200
+    epochs: int = 0  # > 0: train this many passes over data.path (criteo) instead of train.steps
     seed: int = 0
     lr: float = 0.05
     embedding_lr: float = 0.0  # 0 = train.lr
@@ -198,7 +201,7 @@ class TrainConfig:
     decay_steps: int = 0
     precision: str = "fp32"
     eval_every: int = 0  # 0 = only at the end
-    eval_steps: int = 10
+    eval_steps: int = 0  # 0 = the whole eval set once; N = N global batches (never past the set's end)
     log_every: int = 20
     measure_after: int = 5  # steps left out of examples/s as warm-up
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
@@ -206,11 +209,11 @@ class TrainConfig:
     profile_steps: int = 5
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "steps", "eval_steps", "log_every", "profile_steps"):
+        for key in ("batch_size", "steps", "log_every", "profile_steps"):
             _check_positive(f"train.{key}", getattr(self, key))
         _check_positive("train.lr", self.lr)
         for key in ("embedding_lr", "warmup_steps", "decay_start", "decay_steps", "eval_every",
-                    "measure_after", "seed"):
+                    "measure_after", "seed", "eval_steps", "epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
         _check_choice("train.dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
@@ -252,6 +255,9 @@ class Config:
                 "sharding.min_partition", f"{part} must divide model.embedding_dim {self.model.embedding_dim}"
             )
         self._check_dense_kernel_optimizer()
+        if self.train.epochs and self.data.kind != "criteo":
+            raise ConfigError("train.epochs", "counts passes over data.path (data.kind = 'criteo'); "
+                              "the synthetic stream is endless: set train.steps")
         tables = set(table_names(self.model.num_sparse_features))
         for table in self.sharding.per_table:
             if table not in tables:

@@ -38,22 +38,6 @@ def choose_device(requested: str, local_rank: int) -> tuple[torch.device, str]:
     return torch.device("cpu"), "gloo"
 
 
-def pin_to_cores(local_rank: int, local_world_size: int) -> list[int] | None:
-    """With several ranks on one machine, gives each its own contiguous slice of the cores this
-    process may use (and as many intra-op threads), so ranks do not trade cores and caches.
-    Returns the slice, or None when there is nothing to split."""
-    if local_world_size < 2 or not hasattr(os, "sched_setaffinity"):
-        return None
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < local_world_size:
-        return None
-    share = len(cores) // local_world_size
-    mine = cores[local_rank * share:(local_rank + 1) * share]
-    os.sched_setaffinity(0, mine)
-    torch.set_num_threads(min(len(mine), torch.get_num_threads()))
-    return mine
-
-
 def set_dense_math(device: torch.device, tf32: bool) -> None:
     """On CUDA, lets fp32 matmuls and convolutions of the dense part run on TF32 tensor cores (or not)."""
     if device.type != "cuda":
@@ -74,7 +58,6 @@ def process_group(requested_device: str = "auto") -> Iterator[DistEnv]:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     device, backend = choose_device(requested_device, local_rank)
-    pin_to_cores(local_rank, local_world)
     created = not dist.is_initialized()
     if created:
         if "MASTER_ADDR" in os.environ:

@@ -265,6 +265,12 @@ class CriteoSource:
         for step in steps:
             yield self.batch(self.train_files, self.train_order.rows(step, rank, world_size, batch_size))
 
+    def train_examples(self) -> int | None:
+        return self.train_order.count
+
+    def eval_examples(self) -> int:
+        return self.eval_order.count
+
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         for step in steps:
             yield self.batch(self.eval_files, self.eval_order.rows(step, rank, world_size, batch_size))

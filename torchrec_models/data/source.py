@@ -19,6 +19,12 @@ class BatchSource(Protocol):
 
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]: ...
 
+    def train_examples(self) -> int | None:
+        """Examples in one pass over the training data (None: an endless stream)."""
+
+    def eval_examples(self) -> int:
+        """Examples in the held-out set; positions past it repeat earlier ones and are padding."""
+
 
 class SyntheticSource:
     """Train and eval streams of the synthetic generator, made directly on the training device
@@ -26,12 +32,19 @@ class SyntheticSource:
 
     def __init__(self, cfg: Config, device: torch.device | str = "cpu") -> None:
         self.data = SyntheticData(SyntheticSpec.from_config(cfg), device)
+        self.eval_size = cfg.data.eval_examples
 
     def train_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         return rank_batches(self.data, rank, batch_size, steps, TRAIN_STREAM)
 
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         return rank_batches(self.data, rank, batch_size, steps, EVAL_STREAM)
+
+    def train_examples(self) -> int | None:
+        return None
+
+    def eval_examples(self) -> int:
+        return self.eval_size
 
 
 def make_source(cfg: Config, device: torch.device | str = "cpu") -> BatchSource:

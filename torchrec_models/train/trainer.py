@@ -17,6 +17,7 @@ from torchrec_models.distributed import DistEnv
 from torchrec_models.sharded_model import build_sharded_model
 from torchrec_models.sharding import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from torchrec_models.train.evaluation import plan_eval, with_epochs
 from torchrec_models.train.metrics import EvalMetrics
 from torchrec_models.train.optim import LRSchedule, build_optimizer
 from torchrec_models.train.profiling import StepProfiler
@@ -37,12 +38,15 @@ class Trainer:
     """Owns the sharded model, optimizer, pipeline and data for one run."""
 
     def __init__(self, cfg: Config, env: DistEnv, run_dir: Path | None = None) -> None:
+        self.source = make_source(cfg, env.device)
+        cfg = with_epochs(cfg, self.source.train_examples(), env.world_size)
         self.cfg, self.env = cfg, env
+        self.eval_plan = plan_eval(cfg.train.eval_steps, cfg.train.batch_size, env.world_size,
+                                   self.source.eval_examples(), self.source.train_examples() is None)
         self.model, self.planned = build_sharded_model(cfg, env)
         self.plan = describe_plan(self.planned.plan)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.schedule = LRSchedule(self.optimizer, cfg.train)
-        self.source = make_source(cfg, env.device)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device, execute_all_batches=True)
         self.writer = RunWriter(run_dir, env.is_main)
         self.global_batch = cfg.train.batch_size * env.world_size
@@ -103,6 +107,14 @@ class Trainer:
             evaluation = self.evaluate(t.steps)
         return self._summary(meter, evaluation)
 
+    def _warnings(self, evaluation: dict[str, float]) -> list[str]:
+        """What a user must not miss about the final model; printed by rank 0 and kept in the summary."""
+        ne = evaluation.get("ne")
+        if ne is not None and ne > 1.0:
+            return [f"eval NE {ne:.4f} > 1: the model predicts worse than the base rate; lower the learning "
+                    "rates, train longer, or check the data (README: Training well)"]
+        return []
+
     def _maybe_checkpoint(self, step: int) -> None:
         c = self.cfg.checkpoint
         due = (c.every and step % c.every == 0) or (c.final and step == self.cfg.train.steps)
@@ -144,14 +156,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """AUC, NE and logloss over ``train.eval_steps`` held-out batches on every rank."""
-        t = self.cfg.train
+        """AUC, NE, logloss and the example count over the held-out examples of ``self.eval_plan``."""
+        t, plan, env = self.cfg.train, self.eval_plan, self.env
         model = self.plain_model()
         model.eval()
-        metrics = EvalMetrics(self.env.world_size, self.env.rank, t.batch_size, t.eval_steps, self.env.device)
-        for batch in self.source.eval_batches(self.env.rank, self.env.world_size, t.batch_size, range(t.eval_steps)):
-            _, (_, logits, labels) = model(batch.to(self.env.device))
-            metrics.update(logits, labels)
+        metrics = EvalMetrics(env.world_size, env.rank, t.batch_size, plan.steps, env.device)
+        batches = self.source.eval_batches(env.rank, env.world_size, t.batch_size, range(plan.steps))
+        for i, batch in enumerate(batches):
+            _, (_, logits, labels) = model(batch.to(env.device))
+            metrics.update(logits, labels, plan.weights(i, env.rank, env.device))
         result = metrics.compute()
         model.train()
         self.writer.log(step, "eval", result)
@@ -164,7 +177,12 @@ class Trainer:
         rss = _gather(runinfo.peak_rss_bytes())
         device_peak = _gather(runinfo.peak_device_bytes(self.env.device))
         final_loss = self.losses[-1] if self.losses else None
+        warnings = self._warnings(evaluation)
+        if self.env.is_main:
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         return {
+            "warnings": warnings,
             "world_size": self.env.world_size,
             "steps": self.cfg.train.steps,
             "resumed_from_step": self.start_step,
