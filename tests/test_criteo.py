@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, read_jsonl, run_cli
 from torchrec_models.cli import main as cli_main
 from torchrec_models.config import ConfigError, load_config
 from torchrec_models.data.criteo_preprocess import (
@@ -533,3 +533,63 @@ def test_criteo_preset_ends_better_than_the_base_rate_on_small_generated_data(tm
         results[batch] = summary["eval"]
     assert results[2048]["ne"] < 1.0 and results[512]["ne"] < results[2048]["ne"]
     assert results[512]["auc"] > 0.75
+
+
+@pytest.mark.slow
+def test_evaluate_and_predict_agree_with_the_exported_model(data_dir: Path, tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from torchrec_models.export import load_unsharded
+    from torchrec_models.train.checkpoint import resolve_resume
+
+    sets = [f"model.num_embeddings_per_feature={_lst(1000)}", f"model.multi_hot_sizes={_lst(1)}", "data.kind=criteo",
+            f"data.path={data_dir}", "data.eval_fraction=0.2", "train.steps=30", "train.batch_size=64"]
+    done = run_cli("train", "--run-dir", str(tmp_path / "run"), "--set", *sets)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"scores{nproc}.npy"
+        done = run_cli("predict", "--checkpoint", str(tmp_path / "run"), "--data", str(data_dir),
+                       "--nproc-per-node", str(nproc), "--out", str(out))
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores[nproc] = np.load(out)
+    assert scores[1].shape == (3000,) and np.allclose(scores[1], scores[2], atol=1e-6)
+
+    checkpoint = resolve_resume("auto", tmp_path / "run" / "checkpoints")
+    model = load_unsharded(checkpoint).eval()
+    source = CriteoSource(_cfg(data_dir, f"data.eval_path={data_dir}"))
+    batch = next(source.eval_batches(0, 1, 3000, range(1)))  # every row, in file order
+    with torch.no_grad():
+        _, (_, logits, labels) = model(batch)
+    assert np.allclose(torch.sigmoid(logits).numpy(), scores[2], atol=1e-5)
+
+    done = run_cli("evaluate", "--checkpoint", str(tmp_path / "run"), "--data", str(data_dir),
+                   "--nproc-per-node", "2", "--out", str(tmp_path / "eval.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["examples"] == 3000 and metrics["step"] == 30
+    assert abs(metrics["auc"] - roc_auc_score(labels.numpy(), scores[2])) < 1e-3
+
+
+@pytest.mark.slow
+def test_keep_best_and_early_stop_on_a_run_that_overfits(data_dir: Path, tmp_path: Path) -> None:
+    """1000-row tables over 2,400 training rows at a high table rate overfit after a pass or two:
+    the best evaluation comes early, is kept apart from the newest checkpoints, and ends the run."""
+    run = tmp_path / "run"
+    sets = [f"model.num_embeddings_per_feature={_lst(1000)}", f"model.multi_hot_sizes={_lst(1)}", "data.kind=criteo",
+            f"data.path={data_dir}", "data.eval_fraction=0.2", "data.shuffle=true", "train.epochs=30",
+            "train.batch_size=100", "train.eval_every=12", "train.embedding_lr=0.5", "train.dense_optimizer=adam",
+            "train.lr=0.003", "checkpoint.keep_best=true", "checkpoint.every=12", "checkpoint.keep=1",
+            "train.early_stop_patience=2"]
+    done = run_cli("train", "--run-dir", str(run), "--nproc-per-node", "2", "--set", *sets)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    best, stopped = summary["best_eval"], summary["stopped_early_at"]
+    assert stopped is not None and stopped < summary["steps"]  # 30 epochs would be 360 steps
+    assert best["step"] == stopped - 2 * 12 and best["epoch"] == pytest.approx(best["step"] * 200 / 2400)
+    evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "eval"]
+    assert best["ne"] == min(r["ne"] for r in evals)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", f"step_{stopped:08d}"]
+    assert Path(best["checkpoint"]).name == f"step_{best['step']:08d}" and Path(best["checkpoint"]).is_dir()
+    done = run_cli("evaluate", "--checkpoint", str(run), "--data", str(data_dir))
+    assert done.returncode == 0 and json.loads(done.stdout.strip().splitlines()[-1])["step"] == best["step"]

@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from torchrec_models.config import Config, ConfigError, load_config
 from torchrec_models.quiet import quiet_library_noise
@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
                             "train.measure_after) to DIR and print the ops that cost most")
     train.add_argument("--resume", default="auto", metavar="auto|none|PATH",
                        help="auto (default): the newest complete checkpoint of this run, if any")
+    for name, what in (("evaluate", "AUC, NE, logloss and the example count of a checkpoint on preprocessed data"),
+                       ("predict", "one probability per row of preprocessed data, in row order, as .npy")):
+        score = sub.add_parser(name, help=what)
+        score.add_argument("--checkpoint", required=True, type=Path,
+                           help="a checkpoint, or a run directory (its newest complete checkpoint)")
+        score.add_argument("--data", required=True, type=Path, help="a directory written by `preprocess criteo`")
+        score.add_argument("--nproc-per-node", type=int, default=1, help="local ranks to start")
+        score.add_argument("--out", required=name == "predict", type=Path, default=None,
+                           help="the .npy of scores" if name == "predict" else "also write the metrics as JSON here")
     export = sub.add_parser("export", help="consolidate a checkpoint into one unsharded state dict")
     export.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint, or a run directory")
     export.add_argument("--out", required=True, type=Path, help="the .pt file to write")
@@ -93,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _export(args)
         if args.command == "preprocess":
             return _preprocess(args)
+        if args.command in ("evaluate", "predict"):
+            return _score(args)
         if args.command == "train" and args.profile is not None:
             args.overrides.append(f"train.profile_dir={args.profile.resolve()}")
         cfg = load_config(args.config, args.overrides)
@@ -133,34 +144,62 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
-    from torchrec_models.launcher import launch_local, under_launcher
-    from torchrec_models.worker import preflight, read_user_errors, train_worker
+    from torchrec_models.worker import preflight, train_worker
 
     if args.nproc_per_node < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
     preflight(cfg, args.nproc_per_node, args.run_dir, args.resume)
     worker_args = (args.config, tuple(args.overrides), str(args.run_dir), args.resume)
-    if under_launcher() or (args.nproc_per_node == 1 and args.max_restarts == 0):
-        summary = train_worker(*worker_args)
-    else:
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-        with _rank_error_dir() as errors:
-            try:
-                summary = launch_local(train_worker, worker_args, args.nproc_per_node, args.max_restarts)[0]
-            except ChildFailedError as exc:
-                messages = read_user_errors(errors)
-                if messages:  # a rank stopped on bad input; the others were stopped because of it
-                    for message in messages:
-                        print(f"error: {message}", file=sys.stderr)
-                    return 2
-                rank, failure = exc.get_first_failure()
-                print(f"error: training failed on rank {rank} (exit code {failure.exitcode}); "
-                      "its traceback is printed above", file=sys.stderr)
-                return 1
+    code, summary = _run_ranks(train_worker, worker_args, args.nproc_per_node, args.max_restarts)
     if summary is not None:
         _report(summary, args.run_dir)
-    return 0
+    return code
+
+
+def _run_ranks(worker, worker_args: tuple, nproc: int, max_restarts: int = 0) -> tuple[int, Any]:
+    """(exit status, rank 0's return value): this process as the only rank, or ``nproc`` local
+    ranks through torch elastic. A rank stopped by bad input has its one line printed once."""
+    from torchrec_models.launcher import launch_local, under_launcher
+    from torchrec_models.worker import read_user_errors
+
+    if nproc < 1:
+        raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
+    if under_launcher() or (nproc == 1 and max_restarts == 0):
+        return 0, worker(*worker_args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    with _rank_error_dir() as errors:
+        try:
+            return 0, launch_local(worker, worker_args, nproc, max_restarts)[0]
+        except ChildFailedError as exc:
+            messages = read_user_errors(errors)
+            if messages:  # a rank stopped on bad input; the others were stopped because of it
+                for message in messages:
+                    print(f"error: {message}", file=sys.stderr)
+                return 2, None
+            rank, failure = exc.get_first_failure()
+            print(f"error: rank {rank} failed (exit code {failure.exitcode}); its traceback is printed above",
+                  file=sys.stderr)
+            return 1, None
+
+
+def _score(args: argparse.Namespace) -> int:
+    """``evaluate`` / ``predict``: checked before any rank starts, then run on every rank."""
+    from torchrec_models.data.source import make_source
+    from torchrec_models.export import find_checkpoint
+    from torchrec_models.scoring import score_worker, scoring_config
+
+    checkpoint = find_checkpoint(args.checkpoint)
+    make_source(scoring_config(checkpoint, args.data))  # a bad --data stops here, naming the file
+    out = str(args.out) if args.out else None
+    code, result = _run_ranks(score_worker, (args.command, str(checkpoint), str(args.data), out),
+                              args.nproc_per_node)
+    if result is not None:
+        if args.command == "evaluate":
+            print(json.dumps({k: result[k] for k in ("auc", "ne", "logloss", "examples", "step")}))
+        else:
+            print(f"predicted {result['rows']:,} rows with {checkpoint} (step {result['step']}); {args.out}")
+    return code
 
 
 @contextmanager

@@ -205,6 +205,8 @@ class TrainConfig:
     log_every: int = 20
     measure_after: int = 5  # steps left out of examples/s as warm-up
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
+    best_metric: str = "ne"  # what "best evaluation" means: ne or logloss (lower is better), auc (higher)
+    early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better best_metric
     profile_dir: str = ""  # non-empty: a torch.profiler trace of profile_steps steps (after measure_after) goes here
     profile_steps: int = 5
 
@@ -219,6 +221,9 @@ class TrainConfig:
         _check_choice("train.dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
         _check_choice("train.embedding_optimizer", self.embedding_optimizer, EMBEDDING_OPTIMIZERS)
         _check_choice("train.precision", self.precision, PRECISIONS)
+        _check_choice("train.best_metric", self.best_metric, ("ne", "logloss", "auc"))
+        if self.early_stop_patience < 0:
+            raise ConfigError("train.early_stop_patience", f"must be >= 0, got {self.early_stop_patience}")
         if self.decay_start and not self.decay_steps:
             raise ConfigError("train.decay_steps", "must be > 0 when train.decay_start is set")
 
@@ -231,6 +236,7 @@ class CheckpointConfig:
     final: bool = True  # also at the last step
     dir: str = ""  # empty = <run dir>/checkpoints
     keep: int = 2  # newest complete checkpoints kept; 0 = all
+    keep_best: bool = False  # also keep the checkpoint of the best evaluation (train.best_metric) in <dir>/best
 
     def __post_init__(self) -> None:
         for key in ("every", "keep"):

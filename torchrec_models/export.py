@@ -12,17 +12,19 @@ from pathlib import Path
 import torch
 
 from torchrec_models.models import RankingModel, build_model
+from torchrec_models.train.best import BEST_DIR
 from torchrec_models.train.checkpoint import (
     MANIFEST, CheckpointError, dcp_load, manifest_config, read_manifest, resolve_resume,
 )
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder as given, or the newest complete one of a run directory."""
+    """A checkpoint folder as given; for a run directory, its best checkpoint (``keep_best``),
+    else its newest complete one."""
     if (path / MANIFEST).is_file():  # a checkpoint folder: its own problems are the message
         read_manifest(path)
         return path
-    for candidate in (path, path / "checkpoints"):
+    for candidate in (path / "checkpoints" / BEST_DIR, path, path / "checkpoints"):
         try:
             found = resolve_resume(str(candidate), candidate)
         except CheckpointError:

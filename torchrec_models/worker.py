@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -46,17 +47,24 @@ def train_worker(
     from torchrec_models.distributed import process_group
     from torchrec_models.train.trainer import run_training
 
+    cfg = load_config(config_path, list(overrides))
+    with process_group(cfg.sharding.device) as env, reporting_user_errors(env):
+        summary = run_training(cfg, env, Path(run_dir), resume)
+        return summary if env.is_main else None
+
+
+@contextmanager
+def reporting_user_errors(env: Any) -> Iterator[None]:
+    """Bad input inside a launched rank ends it with one line and USER_ERROR, not a traceback
+    (run alone, the error goes up to the CLI, which prints it)."""
     from torchrec_models.errors import CheckpointError, DataError
 
-    cfg = load_config(config_path, list(overrides))
-    with process_group(cfg.sharding.device) as env:
-        try:
-            summary = run_training(cfg, env, Path(run_dir), resume)
-        except (ConfigError, CheckpointError, DataError) as exc:
-            if env.world_size == 1 and not _launched():
-                raise  # the CLI prints it
-            _report_user_error(str(exc), env.rank)
-        return summary if env.is_main else None
+    try:
+        yield
+    except (ConfigError, CheckpointError, DataError) as exc:
+        if env.world_size == 1 and not _launched():
+            raise
+        _report_user_error(str(exc), env.rank)
 
 
 USER_ERROR = 2  # the exit status of a rank stopped by bad input (one line, no traceback)

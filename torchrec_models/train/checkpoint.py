@@ -140,8 +140,8 @@ def _tensor_state(trainer: Any) -> dict[str, Any]:
             "rng": {f"rank{rank}": rng}}
 
 
-def save_checkpoint(trainer: Any, root: Path, step: int, keep: int) -> Path:
-    """Writes a complete checkpoint of ``trainer`` at ``step``; a collective."""
+def save_checkpoint(trainer: Any, root: Path, step: int, keep: int, extra: dict[str, Any] | None = None) -> Path:
+    """Writes a complete checkpoint of ``trainer`` at ``step`` (``extra`` joins its manifest); a collective."""
     final, tmp = step_dir(root, step), root / f".step_{step:08d}.tmp"
     if trainer.env.is_main:
         root.mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,7 @@ def save_checkpoint(trainer: Any, root: Path, step: int, keep: int) -> Path:
         write_json(tmp / MANIFEST, {
             "format": FORMAT, "step": step, "world_size": trainer.env.world_size,
             "tables": table_shapes(trainer.cfg), "plan": trainer.plan, "config": trainer.cfg.to_dict(),
+            **(extra or {}),
         })
         _fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)

@@ -17,6 +17,7 @@ from torchrec_models.distributed import DistEnv
 from torchrec_models.sharded_model import build_sharded_model
 from torchrec_models.sharding import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from torchrec_models.train.best import BestTracker
 from torchrec_models.train.evaluation import plan_eval, with_epochs
 from torchrec_models.train.metrics import EvalMetrics
 from torchrec_models.train.optim import LRSchedule, build_optimizer
@@ -94,18 +95,28 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.start_step, disable=not self.env.is_main, desc="train",
                    unit="step", mininterval=0.5 if sys.stderr.isatty() else 10.0)
         evaluation: dict[str, float] = {}
-        start = self.start_step
+        best = BestTracker(t.best_metric, t.early_stop_patience, self.checkpoint_root, self.cfg.checkpoint.keep_best)
+        start, self.stopped_early_at = self.start_step, None
         for stop in boundaries(start, t.steps, t.eval_every, self.cfg.checkpoint.every):
             self.train_steps(start, stop, meter, bar)
             if stop == t.steps or (t.eval_every and stop % t.eval_every == 0):
                 evaluation = self.evaluate(stop)
+                best.update(self, stop, evaluation, self.epoch_at(stop))
                 meter.pause()
             self._maybe_checkpoint(stop)
             start = stop
+            if best.should_stop() and stop < t.steps:
+                self.stopped_early_at = stop
+                break
         bar.close()
         if not evaluation:  # resumed at the very end
             evaluation = self.evaluate(t.steps)
-        return self._summary(meter, evaluation)
+        return {**self._summary(meter, evaluation), "best_eval": best.best, "stopped_early_at": self.stopped_early_at}
+
+    def epoch_at(self, step: int) -> float | None:
+        """Passes over the training data after ``step`` steps (None for an endless stream)."""
+        rows = self.source.train_examples()
+        return step * self.global_batch / rows if rows else None
 
     def _warnings(self, evaluation: dict[str, float]) -> list[str]:
         """What a user must not miss about the final model; printed by rank 0 and kept in the summary."""
