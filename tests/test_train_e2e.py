@@ -32,7 +32,9 @@ def test_summary_fields(run_dir: Path) -> None:
     assert s["config"]["train"]["batch_size"] == 256
     assert s["versions"]["torch"] and s["versions"]["torchrec"] and s["versions"]["fbgemm"]
     assert s["hardware"]["cores"] >= 1 and s["hardware"]["gpu"] is None
-    assert set(s["eval"]) == {"auc", "ne", "logloss"}
+    assert set(s["eval"]) == {"auc", "ne", "logloss", "examples"}
+    assert s["eval"]["examples"] == 8 * 512  # tiny: train.eval_steps = 8 global batches of 2 x 256
+    assert s["warnings"] == [] and s["best_eval"]["step"] in (100, 200, 300) and s["stopped_early_at"] is None
 
 
 def test_loss_falls_and_auc_beats_chance(run_dir: Path) -> None:
