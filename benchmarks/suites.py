@@ -50,11 +50,19 @@ def cpu() -> list[Row]:
     return rows + baseline()
 
 
+SGD = ("train.embedding_optimizer=sgd", "train.dense_optimizer=sgd")
+
+
 def baseline() -> list[Row]:
+    """Plain PyTorch rows, and the torchrec rows of the same shape and optimizer beside them."""
     return [
         _row("baseline/criteo/ws2/fp32", CRITEO, world_size=2, impl="baseline"),
         _row("baseline/criteo/ws1/fp32", CRITEO, world_size=1, impl="baseline"),
         _row("baseline/embedding_heavy/ws2/fp32", CRITEO, *EMBEDDING_HEAVY, world_size=2, impl="baseline"),
+        _row("baseline/embedding_heavy/ws1/fp32/sgd", CRITEO, *EMBEDDING_HEAVY, *SGD, world_size=1, impl="baseline"),
+        _row("embedding_heavy/ws1/fp32/sgd", CRITEO, *EMBEDDING_HEAVY, *SGD, world_size=1),
+        _row("embedding_heavy/ws1/fp32/rowwise_adagrad", CRITEO, *EMBEDDING_HEAVY, "train.dense_optimizer=sgd",
+             world_size=1),
     ]
 
 
