@@ -12,7 +12,7 @@ def _run_parser() -> argparse.ArgumentParser:
     from benchmarks.suites import SUITES
 
     p = argparse.ArgumentParser(prog="python -m benchmarks", description="run a benchmark suite")
-    p.add_argument("--suite", required=True, choices=sorted([*SUITES, "data"]))
+    p.add_argument("--suite", required=True, choices=sorted([*SUITES, "data", "quality"]))
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--repeat", type=int, default=1, help="runs per row; windows are pooled")
     p.add_argument("--price", action="append", default=[], metavar="KIND=USD_PER_HOUR",
@@ -71,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.data_suite import run_data_suite
 
         run_data_suite(args.out)
+        print(f"report: {args.out / 'report.md'}")
+        return 0
+    if args.suite == "quality":
+        from benchmarks.quality import run_quality_suite
+
+        run_quality_suite(args.out)
         print(f"report: {args.out / 'report.md'}")
         return 0
     prices = prices_or_exit(args.price)

@@ -61,3 +61,16 @@ def test_best_tracker_compares_by_the_metric_and_counts_patience() -> None:
     for step, ne in ((10, 0.9), (20, 0.8), (30, 0.85)):
         by_ne.update(None, step, {"auc": 0.7, "ne": ne, "logloss": 0.5}, None)
     assert by_ne.best["step"] == 20 and not by_ne.should_stop()  # patience 0 never stops
+
+
+def test_quality_summary_finds_the_first_evaluation_past_each_target() -> None:
+    from benchmarks.quality import summarize, teacher_auc
+
+    case = {"train_rows": 1000, "table_rows": 100, "batch_size_per_rank": 50, "world_size": 2,
+            "evals": [{"step": 2, "auc": 0.80, "ne": 0.9, "elapsed_s": 1.0},
+                      {"step": 4, "auc": 0.86, "ne": 0.8, "elapsed_s": 2.0},
+                      {"step": 6, "auc": 0.85, "ne": 0.8, "elapsed_s": 3.0}]}
+    out = summarize(case, ceiling=0.90)
+    assert out["to_teacher_minus_0.05"] == {"step": 4, "examples": 400, "seconds": 2.0}
+    assert out["to_teacher_minus_0.03"] is None and out["best_auc"] == 0.86 and out["final"]["step"] == 6
+    assert 0.9 < teacher_auc(5000, 2) < 1.0  # the planted teacher separates its own labels well

@@ -83,6 +83,10 @@ class CriteoTeacher:
         pair_sum = 0.5 * ((v.sum(axis=1) ** 2).sum(axis=1) - (v ** 2).sum(axis=(1, 2)))
         return logit + p["pair_scale"] * pair_sum * 2.0
 
+    def logit(self, dense: np.ndarray, cats: np.ndarray) -> np.ndarray:
+        """The teacher's log-odds for sampled rows (its own AUC is the ceiling a model can reach)."""
+        return self._logit(dense, cats)
+
     def hex_values(self, feature: int, ranks: np.ndarray) -> np.ndarray:
         """The 32-bit value each category rank is written as (distinct per rank)."""
         salt = int(self.params["hex_salt"][feature])

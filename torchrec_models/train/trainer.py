@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ class Trainer:
         """Trains ``train.steps`` steps, evaluating every ``train.eval_every`` and at the end."""
         t = self.cfg.train
         meter = self.make_meter()
+        self.fit_started = time.perf_counter()
         bar = tqdm(total=t.steps, initial=self.start_step, disable=not self.env.is_main, desc="train",
                    unit="step", mininterval=0.5 if sys.stderr.isatty() else 10.0)
         evaluation: dict[str, float] = {}
@@ -178,7 +180,8 @@ class Trainer:
             metrics.update(logits, labels, plan.weights(i, env.rank, env.device))
         result = metrics.compute()
         model.train()
-        self.writer.log(step, "eval", result)
+        started = getattr(self, "fit_started", None)  # wall time since fit began, evaluations included
+        self.writer.log(step, "eval", {**result, "elapsed_s": time.perf_counter() - started} if started else result)
         if self.env.is_main:
             tqdm.write(f"eval @ step {step}: auc {result['auc']:.4f}  ne {result['ne']:.4f}  "
                        f"logloss {result['logloss']:.4f}")
