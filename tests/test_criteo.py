@@ -593,3 +593,11 @@ def test_keep_best_and_early_stop_on_a_run_that_overfits(data_dir: Path, tmp_pat
     assert Path(best["checkpoint"]).name == f"step_{best['step']:08d}" and Path(best["checkpoint"]).is_dir()
     done = run_cli("evaluate", "--checkpoint", str(run), "--data", str(data_dir))
     assert done.returncode == 0 and json.loads(done.stdout.strip().splitlines()[-1])["step"] == best["step"]
+
+
+def test_eval_steps_past_the_held_out_set_stops_before_any_rank(data_dir: Path, tmp_path: Path) -> None:
+    sets = [f"model.num_embeddings_per_feature={_lst(1000)}", f"model.multi_hot_sizes={_lst(1)}", "data.kind=criteo",
+            f"data.path={data_dir}", "data.eval_fraction=0.2", "train.batch_size=100", "train.eval_steps=4"]
+    done = run_cli("train", "--run-dir", str(tmp_path / "run"), "--nproc-per-node", "2", "--set", *sets)
+    assert done.returncode == 2 and "train.eval_steps" in done.stderr and "600 held-out" in done.stderr
+    assert not (tmp_path / "run").exists()

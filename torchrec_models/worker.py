@@ -17,6 +17,7 @@ def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str 
     """Checks what can be checked before any process starts or any file is written."""
     from torchrec_models.data.source import make_source
     from torchrec_models.sharding import validate_for_device
+    from torchrec_models.train.evaluation import plan_eval
 
     wants_cuda = cfg.sharding.device == "cuda" or (cfg.sharding.device == "auto" and torch.cuda.is_available())
     if wants_cuda and not torch.cuda.is_available():
@@ -24,7 +25,9 @@ def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str 
     if wants_cuda and nproc > torch.cuda.device_count():
         raise ConfigError("--nproc-per-node", f"{nproc} ranks but {torch.cuda.device_count()} GPUs", where="option")
     validate_for_device(cfg, "cuda" if wants_cuda else "cpu")
-    make_source(cfg)  # opens the data (memory maps only), so a bad data.path stops the run here
+    source = make_source(cfg)  # opens the data (memory maps only), so a bad data.path stops the run here
+    plan_eval(cfg.train.eval_steps, cfg.train.batch_size, nproc, source.eval_examples(),
+              source.train_examples() is None)  # an eval_steps past the held-out set stops it too
     if run_dir is not None:
         check_resume(cfg, run_dir, resume)
 
