@@ -183,7 +183,7 @@ def test_only_selects_rows_by_regular_expression() -> None:
     assert len(select_rows("cpu", ["criteo/ws2/fp32"])) > 10  # a plain substring still matches every such row
     assert {r.name for r in select_rows("cpu", ["^baseline/", "embedding_heavy/ws2/bf16$"])} == {
         "baseline/criteo/ws2/fp32", "baseline/criteo/ws1/fp32", "baseline/embedding_heavy/ws2/fp32",
-        "embedding_heavy/ws2/bf16"}
+        "baseline/embedding_heavy/ws1/fp32/sgd", "embedding_heavy/ws2/bf16"}
     assert select_rows("smoke") == select_rows("smoke", [])
 
 
