@@ -6,13 +6,13 @@ reassembles every table from whatever shards and world size wrote it.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from torchrec_models.models import RankingModel, build_model
 from torchrec_models.train.best import BEST_DIR
+from torchrec_models.train.outputs import write_atomically
 from torchrec_models.train.checkpoint import (
     MANIFEST, CheckpointError, dcp_load, manifest_config, read_manifest, resolve_resume,
 )
@@ -49,11 +49,6 @@ def export_checkpoint(path: Path, out: Path) -> Path:
     """Writes the consolidated state dict of the checkpoint at (or newest under) ``path`` to ``out``."""
     checkpoint = find_checkpoint(path)
     model = load_unsharded(checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    write_atomically(out, lambda tmp: torch.save(state, tmp))
     return checkpoint

@@ -8,7 +8,6 @@ read whole, in file order, each row once: ``evaluate`` reports AUC, NE and loglo
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch.distributed as dist
 
 from torchrec_models.config import Config
 from torchrec_models.train.checkpoint import manifest_config, read_manifest
+from torchrec_models.train.outputs import write_atomically
 
 
 def scoring_config(checkpoint: Path, data_dir: Path) -> Config:
@@ -57,15 +57,9 @@ def predict_rows(trainer: Any) -> np.ndarray | None:
     return out
 
 
-def write_atomically(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temporary name
+        np.save(fh, array)
 
 
 def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> dict[str, Any] | None:
@@ -88,6 +82,6 @@ def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> 
             return result if env.is_main else None
         scores = predict_rows(trainer)
         if scores is not None:
-            write_atomically(Path(out), lambda p: np.save(open(p, "wb"), scores))
+            write_atomically(Path(out), lambda p: _save_npy(p, scores))
             return {"rows": int(len(scores)), "out": out, "checkpoint": checkpoint, "step": step}
         return None

@@ -124,7 +124,7 @@ class SyntheticData:
         ids_by_f: list = [None] * num_features
         on = {"device": self.device}
         scores = torch.empty(len(rows), num_features, dtype=torch.float64, **on)
-        for pooling, group in self._pooling_groups():
+        for pooling, group in _pooling_groups(self.spec.pooling):
             f = torch.tensor(group, **on)[None, :, None]
             n_rows = torch.tensor([self.spec.table_rows[i] for i in group], **on)[None, :, None]
             slots = torch.arange(pooling, **on)[None, None, :]
@@ -149,9 +149,6 @@ class SyntheticData:
         if self._score_table is None:
             return uniform(self.spec.seed, 3, f, ids) * 2.0 - 1.0
         return torch.take(self._score_table, self._score_offsets[f] + ids)
-
-    def _pooling_groups(self) -> list[tuple[int, list[int]]]:
-        return _pooling_groups(self.spec.pooling)
 
     def _zipf_ids(self, u: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
         """Inverse-CDF draw from a continuous power law over [1, n+1), then a fixed scramble."""
