@@ -61,3 +61,18 @@ def test_profile_writes_a_trace_per_rank(run_dir: Path) -> None:
         names = {e.get("name", "") for e in trace["traceEvents"]}
         assert any("mm" in n for n in names) and any("embedding" in n for n in names)
         assert "Self CPU" in (profile / f"top_ops_rank{rank}.txt").read_text()
+
+
+def _fail_with_a_bug(marker: str) -> None:
+    raise ValueError(f"planted bug {marker}")
+
+
+def test_a_rank_that_fails_on_a_bug_has_its_traceback_printed(capsys: pytest.CaptureFixture) -> None:
+    """Not bad input: the launcher prints the rank's own traceback (elastic's log is kept quiet)."""
+    from torchrec_models.cli import _run_ranks
+
+    code, result = _run_ranks(_fail_with_a_bug, ("x17",), 2)
+    err = capsys.readouterr().err
+    assert code == 1 and result is None
+    assert "Traceback" in err and "_fail_with_a_bug" in err and "ValueError: planted bug x17" in err
+    assert "error: rank" in err.splitlines()[-1]

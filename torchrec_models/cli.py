@@ -178,9 +178,18 @@ def _run_ranks(worker, worker_args: tuple, nproc: int, max_restarts: int = 0) ->
                     print(f"error: {message}", file=sys.stderr)
                 return 2, None
             rank, failure = exc.get_first_failure()
-            print(f"error: rank {rank} failed (exit code {failure.exitcode}); its traceback is printed above",
-                  file=sys.stderr)
+            print(_failure_traceback(failure), file=sys.stderr, end="")
+            print(f"error: rank {rank} failed (exit code {failure.exitcode})", file=sys.stderr)
             return 1, None
+
+
+def _failure_traceback(failure: Any) -> str:
+    """The failed rank's Python traceback as elastic recorded it (empty for a native crash, whose
+    stacks the rank printed itself)."""
+    message = failure.message
+    if isinstance(message, dict):
+        return message.get("extraInfo", {}).get("py_callstack") or f"{message.get('message', '')}\n"
+    return f"{message}\n" if message else ""
 
 
 def _score(args: argparse.Namespace) -> int:

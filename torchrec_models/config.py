@@ -22,6 +22,7 @@ SHARDING_TYPES = (
 )
 KERNELS = ("fused", "dense", "fused_uvm_caching")
 PRECISIONS = ("fp32", "bf16")
+OUTPUT_BIASES = ("init", "label_rate")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 DENSE_OPTIMIZERS = ("adagrad", "sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,10 +72,12 @@ class ModelConfig:
     projection_branch1: list[int] = field(default_factory=lambda: [64, 32])
     projection_branch2: list[int] = field(default_factory=lambda: [64, 32])
     embedding_dtype: str = "fp32"  # table weights: fp32 or fp16 (half the bytes)
+    output_bias: str = "init"  # the logit's bias: as the layer initializes it, or the log-odds of the training label rate (files only)
 
     def __post_init__(self) -> None:
         _check_choice("model.arch", self.arch, ARCHS)
         _check_choice("model.embedding_dtype", self.embedding_dtype, EMBEDDING_DTYPES)
+        _check_choice("model.output_bias", self.output_bias, OUTPUT_BIASES)
         _check_positive("model.embedding_dim", self.embedding_dim)
         _check_sizes("model.num_embeddings_per_feature", self.num_embeddings_per_feature)
         _check_sizes("model.multi_hot_sizes", self.multi_hot_sizes)

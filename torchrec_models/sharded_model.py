@@ -8,7 +8,7 @@ from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
 from torchrec_models.distributed import DistEnv, set_dense_math
-from torchrec_models.models import build_model
+from torchrec_models.models import build_model, set_output_bias
 from torchrec_models.sharding import PlanResult, make_plan, make_sharders
 from torchrec_models.table_init import init_tables
 
@@ -17,10 +17,15 @@ def autocast_dtype(cfg: Config) -> torch.dtype | None:
     return torch.bfloat16 if cfg.train.precision == "bf16" else None
 
 
-def build_sharded_model(cfg: Config, env: DistEnv) -> tuple[DistributedModelParallel, PlanResult]:
-    """The DMP-wrapped ranker with this rank's shards, initialized independently of the plan."""
+def build_sharded_model(
+    cfg: Config, env: DistEnv, label_rate: float | None = None
+) -> tuple[DistributedModelParallel, PlanResult]:
+    """The DMP-wrapped ranker with this rank's shards, initialized independently of the plan;
+    the logit's bias starts at ``label_rate`` when given and ``model.output_bias`` asks for it."""
     set_dense_math(env.device, cfg.train.tf32)
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
+    if label_rate is not None and cfg.model.output_bias == "label_rate":
+        set_output_bias(model, label_rate)
     pg = dist.group.WORLD
     planned = make_plan(cfg, model, env.world_size, env.local_world_size, env.device.type, pg)
     dmp = DistributedModelParallel(

@@ -24,6 +24,7 @@ from torchrec_models.data.criteo_preprocess import (
     CAT_FEATURES, DENSE_FEATURES, CriteoDataError, array_path, dense_name, read_meta,
 )
 
+LABEL_RATE_ROWS = 1_000_000  # rows read for the label rate the output bias starts at
 MULTI_HOT_SEED = 0  # the synthesized multi-hot ids are a property of the data set, not of the run
 
 
@@ -75,6 +76,12 @@ class CriteoFiles:
         for k, where in parts:
             dense[where], sparse[where], labels[where] = self._take(int(k), rows[where] - self.starts[k])
         return dense, sparse, labels
+
+    def labels_of(self, rows: np.ndarray) -> np.ndarray:
+        """Labels of sorted global rows, without reading their features."""
+        file_of = np.searchsorted(self.starts, rows, side="right") - 1
+        return np.concatenate([np.asarray(self.labels[k][rows[file_of == k] - self.starts[k]]).reshape(-1)
+                               for k in np.unique(file_of)])
 
     def _take(self, k: int, local: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Copies of rows ``local`` of file ``k``: a slice when they are one contiguous run."""
@@ -270,6 +277,12 @@ class CriteoSource:
 
     def eval_examples(self) -> int:
         return self.eval_order.count
+
+    def label_rate(self) -> float | None:
+        """The positive fraction of the first (up to LABEL_RATE_ROWS) training rows in file order."""
+        first = self.train_order.first
+        rows = np.arange(first, first + min(self.train_order.count, LABEL_RATE_ROWS), dtype=np.int64)
+        return float(self.train_files.labels_of(rows).mean())
 
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         for step in steps:

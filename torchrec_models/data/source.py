@@ -25,6 +25,9 @@ class BatchSource(Protocol):
     def eval_examples(self) -> int:
         """Examples in the held-out set; positions past it repeat earlier ones and are padding."""
 
+    def label_rate(self) -> float | None:
+        """The positive fraction of the training data where it can be read up front, else None."""
+
 
 class SyntheticSource:
     """Train and eval streams of the synthetic generator, made directly on the training device
@@ -45,6 +48,9 @@ class SyntheticSource:
 
     def eval_examples(self) -> int:
         return self.eval_size
+
+    def label_rate(self) -> float | None:
+        return None  # an endless stream: its rate is not read ahead
 
 
 def make_source(cfg: Config, device: torch.device | str = "cpu") -> BatchSource:

@@ -1,4 +1,4 @@
 """Model families."""
-from torchrec_models.models.dlrm import RankingModel, build_model
+from torchrec_models.models.dlrm import RankingModel, build_model, set_output_bias
 
-__all__ = ["RankingModel", "build_model"]
+__all__ = ["RankingModel", "build_model", "set_output_bias"]

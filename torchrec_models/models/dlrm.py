@@ -6,6 +6,8 @@ seed gives the same dense weights whatever the world size or plan.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
@@ -54,6 +56,15 @@ def build_model(
         torch.manual_seed(seed)
         dlrm = _build_dlrm(cfg, ebc, dense_device)
     return RankingModel(dlrm, torch.device(dense_device).type, autocast_dtype)
+
+
+def set_output_bias(model: RankingModel, label_rate: float) -> None:
+    """Starts the logit's bias at the log-odds of ``label_rate``: the first prediction is the base
+    rate (NE 1) instead of 0.5, so a short run does not spend its steps on the mean."""
+    rate = min(max(label_rate, 1e-4), 1 - 1e-4)
+    last = model.model.over_arch.model[-1]
+    with torch.no_grad():
+        last.bias.fill_(math.log(rate / (1 - rate)))
 
 
 def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: torch.device) -> DLRM:

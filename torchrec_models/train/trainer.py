@@ -45,7 +45,7 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.eval_plan = plan_eval(cfg.train.eval_steps, cfg.train.batch_size, env.world_size,
                                    self.source.eval_examples(), self.source.train_examples() is None)
-        self.model, self.planned = build_sharded_model(cfg, env)
+        self.model, self.planned = build_sharded_model(cfg, env, self.source.label_rate())
         self.plan = describe_plan(self.planned.plan)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.schedule = LRSchedule(self.optimizer, cfg.train)
