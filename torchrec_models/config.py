@@ -208,6 +208,7 @@ class TrainConfig:
     log_every: int = 20
     measure_after: int = 5  # steps left out of examples/s as warm-up
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
+    compile: bool = False  # compile the dense part (bottom MLP, interaction, top MLP) with torch.compile
     best_metric: str = "ne"  # what "best evaluation" means: ne or logloss (lower is better), auc (higher)
     early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better best_metric
     profile_dir: str = ""  # non-empty: a torch.profiler trace of profile_steps steps (after measure_after) goes here

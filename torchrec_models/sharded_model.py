@@ -8,7 +8,7 @@ from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
 from torchrec_models.distributed import DistEnv, set_dense_math
-from torchrec_models.models import build_model, set_output_bias
+from torchrec_models.models import build_model, compile_dense_parts, set_output_bias
 from torchrec_models.sharding import PlanResult, make_plan, make_sharders
 from torchrec_models.table_init import init_tables
 
@@ -26,6 +26,8 @@ def build_sharded_model(
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
     if label_rate is not None and cfg.model.output_bias == "label_rate":
         set_output_bias(model, label_rate)
+    if cfg.train.compile:
+        compile_dense_parts(model)
     pg = dist.group.WORLD
     planned = make_plan(cfg, model, env.world_size, env.local_world_size, env.device.type, pg)
     dmp = DistributedModelParallel(
