@@ -36,6 +36,8 @@ def cpu() -> list[Row]:
         _row(f"criteo/ws{ws}/{p}", CRITEO, f"train.precision={p}", world_size=ws, sharding="planner")
         for ws in (2, 1) for p in ("fp32", "bf16")
     ]
+    rows += [_row(f"criteo/ws{ws}/{p}/compiled", CRITEO, f"train.precision={p}", "train.compile=true",
+                  world_size=ws, sharding="planner", lever="compile") for ws in (2, 1) for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]
     rows += [_row(f"criteo/ws2/fp32/table_wise/adagrad/{k}_kernel", CRITEO, "sharding.type=table_wise",
                   f"sharding.kernel={k}", "train.embedding_optimizer=adagrad", world_size=2, sharding="table_wise")
@@ -83,6 +85,9 @@ def gpu() -> list[Row]:
             for p in ("fp32", "bf16")]
     rows += [_row(f"gpu/dcnv2/{k}", *dcnv2, f"sharding.kernel={k}", kernel=k)
              for k in ("fused", "fused_uvm_caching")]
+    rows.append(_row("gpu/dcnv2/fused/compiled", *dcnv2, "train.compile=true", lever="compile"))
+    rows.append(_row("gpu/criteo/bf16/compiled", CRITEO, *cuda, "train.precision=bf16", "train.compile=true",
+                     sharding="planner", lever="compile"))
     rows.append(_row("gpu/dcnv2/fused/fp16_tables", *dcnv2, "model.embedding_dtype=fp16"))
     rows.append(_row("gpu/dcnv2/fused/b32768", *dcnv2, "train.batch_size=32768", sweep="batch"))
     rows += [_row(f"gpu/criteo/bf16/b{b}", CRITEO, *cuda, "train.precision=bf16", f"train.batch_size={b}",

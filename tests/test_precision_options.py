@@ -123,3 +123,17 @@ def test_fp16_comms_and_fp16_tables_train_on_two_gloo_ranks(tmp_path: Path) -> N
         # the same data and init: close to the fp32 run, but rounded along the way
         assert loss != base["final_train_loss"] and loss == pytest.approx(base["final_train_loss"], abs=0.02)
         assert run["eval"]["auc"] > 0.6
+
+
+def test_compiled_dense_part_trains_like_eager(tmp_path: Path) -> None:
+    """train.compile: the same loss curve as eager up to kernel rounding, and the same end AUC."""
+    summaries = {}
+    for compiled in ("false", "true"):
+        run = tmp_path / compiled
+        done = run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(run), "--set",
+                       f"train.compile={compiled}", "train.steps=60", "train.log_every=10")
+        assert done.returncode == 0, done.stderr[-3000:]
+        summaries[compiled] = json.loads((run / "summary.json").read_text())
+    eager, compiled = summaries["false"], summaries["true"]
+    assert abs(eager["eval"]["auc"] - compiled["eval"]["auc"]) < 0.005
+    assert abs(eager["final_train_loss"] - compiled["final_train_loss"]) < 0.01
