@@ -41,12 +41,14 @@ def fused_params(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _torch_optimizer(kind: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """torch's fused implementation where it has one (one kernel over every parameter per step,
-    on CPU and GPU alike, instead of a handful of element-wise ops per parameter)."""
+    """torch's fused implementation where it has one for the parameters' device (one kernel over
+    every parameter per step instead of a handful of element-wise ops per parameter), else its
+    default (foreach) one: torch fuses Adagrad on the CPU but not on CUDA."""
     if kind == "rowwise_adagrad":
         return RowWiseAdagrad(params, lr=lr, eps=EPS)
     if kind == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, eps=EPS, fused=True)
+        fused = not any(p.is_cuda for p in params)
+        return torch.optim.Adagrad(params, lr=lr, eps=EPS, fused=fused or None)
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr, fused=True)
     return torch.optim.SGD(params, lr=lr, fused=True)
