@@ -51,13 +51,13 @@ def test_epochs_give_the_steps_that_cover_the_rows() -> None:
 def test_best_tracker_compares_by_the_metric_and_counts_patience() -> None:
     from torchrec_models.train.best import BestTracker
 
-    tracker = BestTracker("auc", patience=2, root=None, keep=False)
+    tracker = BestTracker("auc", False, patience=2, root=None, keep=False)
     for step, auc in ((10, 0.70), (20, 0.75), (30, 0.74), (40, 0.76), (50, 0.75)):
         tracker.update(None, step, {"auc": auc, "ne": 0.9, "logloss": 0.5}, None)
     assert tracker.best["step"] == 40 and not tracker.should_stop()
     tracker.update(None, 60, {"auc": 0.70, "ne": 0.9, "logloss": 0.5}, None)
     assert tracker.should_stop()
-    by_ne = BestTracker("ne", patience=0, root=None, keep=False)
+    by_ne = BestTracker("ne", True, patience=0, root=None, keep=False)
     for step, ne in ((10, 0.9), (20, 0.8), (30, 0.85)):
         by_ne.update(None, step, {"auc": 0.7, "ne": ne, "logloss": 0.5}, None)
     assert by_ne.best["step"] == 20 and not by_ne.should_stop()  # patience 0 never stops

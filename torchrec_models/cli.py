@@ -54,10 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_preprocess_args(sub) -> None:
-    pre = sub.add_parser("preprocess", help="convert raw Criteo TSV files into the binary layout data.kind=criteo reads")
-    pre.add_argument("dataset", choices=("criteo",))
-    pre.add_argument("--input", nargs="+", required=True, type=Path, metavar="FILE",
-                     help="Criteo TSV files (train.txt, day_0 ... day_23, optionally .gz)")
+    pre = sub.add_parser("preprocess", help="convert raw Criteo TSV files (data.kind=criteo) or a MovieLens "
+                                            "download (data.kind=movielens) into the layout training reads")
+    pre.add_argument("dataset", choices=("criteo", "movielens"))
+    pre.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
+                     help="Criteo TSV files (train.txt, day_0 ... day_23, optionally .gz); for movielens, the "
+                          "directory of an ml-100k / ml-1m / ml-20m / ml-25m download or of atomic files")
+    pre.add_argument("--min-rating", type=float, default=4.0, help="movielens: ratings at least this are positives")
+    pre.add_argument("--test-fraction", type=float, default=0.2,
+                     help="movielens: each user's last fraction of ratings (by time) is the test period")
     pre.add_argument("--out", required=True, type=Path, help="the output directory")
     _add_config_args(pre)
     pre.add_argument("--num-embeddings", type=int, default=None, metavar="N",
@@ -71,6 +76,18 @@ def _add_preprocess_args(sub) -> None:
     pre.add_argument("--allow-empty", action="store_true",
                      help="accept an input with no data rows (an error otherwise: usually a failed download)")
     pre.add_argument("--chunk-rows", type=int, default=32768, metavar="N", help="lines parsed per block")
+
+
+def _preprocess_movielens(args: argparse.Namespace) -> int:
+    from torchrec_models.retrieval.preprocess import SplitOptions, preprocess_movielens
+
+    if len(args.input) != 1:
+        raise ConfigError("--input", "movielens takes one directory", where="option")
+    meta = preprocess_movielens(args.input[0], args.out, SplitOptions(args.min_rating, args.test_fraction))
+    print(f"{meta['layout']}: {meta['ratings']:,} ratings, {meta['users']:,} users, {meta['items']:,} items; "
+          f"{meta['train_positives']:,} training and {meta['test_positives']:,} test positives "
+          f"({meta['test_users']:,} test users) in {args.out}")
+    return 0
 
 
 def _add_plan_args(plan: argparse.ArgumentParser) -> None:
@@ -118,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from torchrec_models.data.criteo_preprocess import CriteoDataError, PreprocessOptions, preprocess
 
+    if args.dataset == "movielens":
+        return _preprocess_movielens(args)
     sizes = None
     if args.num_embeddings is not None and (args.config or args.overrides):
         raise ConfigError("--num-embeddings", "give --num-embeddings or --config, not both", where="option")
@@ -252,7 +271,8 @@ def _report(summary: dict, run_dir: Path) -> None:
         end="",
     )
     loss = summary["final_train_loss"]
-    print(f"final loss {loss if loss is None else round(loss, 4)}, eval auc {ev.get('auc', float('nan')):.4f}; "
+    headline = next(((k, ev[k]) for k in ("auc", "recall_at_100") if k in ev), ("auc", float("nan")))
+    print(f"final loss {loss if loss is None else round(loss, 4)}, eval {headline[0]} {headline[1]:.4f}; "
           f"summary in {run_dir / 'summary.json'}")
 
 

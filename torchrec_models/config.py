@@ -16,7 +16,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-ARCHS = ("dlrm", "dcn", "projection")
+ARCHS = ("dlrm", "dcn", "projection", "two_tower")
+RANKING_ARCHS = ("dlrm", "dcn", "projection")
+RANKING_METRICS = ("ne", "logloss", "auc")  # ne and logloss: lower is better
+RETRIEVAL_METRICS = tuple(f"{m}_at_{k}" for m in ("recall", "ndcg") for k in (10, 50, 100))
 SHARDING_TYPES = (
     "data_parallel", "table_wise", "column_wise", "table_column_wise", "row_wise", "table_row_wise",
 )
@@ -72,6 +75,10 @@ class ModelConfig:
     projection_branch1: list[int] = field(default_factory=lambda: [64, 32])
     projection_branch2: list[int] = field(default_factory=lambda: [64, 32])
     embedding_dtype: str = "fp32"  # table weights: fp32 or fp16 (half the bytes)
+    user_feature_count: int = 0  # two_tower: the first this many features feed the user tower, the rest the item tower
+    tower_mlp: list[int] = field(default_factory=lambda: [128, 64])  # two_tower: each tower's layers; the last is the vector
+    temperature: float = 0.05  # two_tower: softmax temperature over cosine similarities
+    logq_correction: bool = True  # two_tower: subtract log(item frequency) from in-batch logits
     output_bias: str = "init"  # the logit's bias: as the layer initializes it, or the log-odds of the training label rate (files only)
 
     def __post_init__(self) -> None:
@@ -79,6 +86,10 @@ class ModelConfig:
         _check_choice("model.embedding_dtype", self.embedding_dtype, EMBEDDING_DTYPES)
         _check_choice("model.output_bias", self.output_bias, OUTPUT_BIASES)
         _check_positive("model.embedding_dim", self.embedding_dim)
+        if self.arch == "two_tower":
+            self._check_towers()
+            if not (self.num_embeddings_per_feature and self.multi_hot_sizes):
+                return  # the data's tables fill them (Config checks)
         _check_sizes("model.num_embeddings_per_feature", self.num_embeddings_per_feature)
         _check_sizes("model.multi_hot_sizes", self.multi_hot_sizes)
         if len(self.multi_hot_sizes) != len(self.num_embeddings_per_feature):
@@ -89,6 +100,11 @@ class ModelConfig:
             )
         if self.max_rows_per_table < 0:
             raise ConfigError("model.max_rows_per_table", "must be >= 0 (0 means no cap)")
+        if self.arch == "two_tower":
+            if not 0 < self.user_feature_count < self.num_sparse_features:
+                raise ConfigError("model.user_feature_count", f"must leave features for both towers: 1 to "
+                                  f"{self.num_sparse_features - 1}, got {self.user_feature_count}")
+            return
         _check_positive("model.dense_in_features", self.dense_in_features)
         for key in ("bottom_mlp", "top_mlp", "projection_branch1", "projection_branch2"):
             _check_sizes(f"model.{key}", getattr(self, key))
@@ -106,6 +122,10 @@ class ModelConfig:
                 raise ConfigError(
                     f"model.{key}", f"last layer must be a multiple of model.embedding_dim {self.embedding_dim}"
                 )
+
+    def _check_towers(self) -> None:
+        _check_sizes("model.tower_mlp", self.tower_mlp)
+        _check_positive("model.temperature", self.temperature)
 
     @property
     def num_sparse_features(self) -> int:
@@ -135,9 +155,9 @@ class DataConfig:
     multi_hot_distribution: str = "uniform"  # the extra ids' distribution: "uniform" or "pareto"
 
     def __post_init__(self) -> None:
-        _check_choice("data.kind", self.kind, ("synthetic", "criteo"))
-        if self.kind == "criteo" and not self.path:
-            raise ConfigError("data.path", "is required when data.kind = 'criteo'")
+        _check_choice("data.kind", self.kind, ("synthetic", "criteo", "movielens"))
+        if self.kind in ("criteo", "movielens") and not self.path:
+            raise ConfigError("data.path", f"is required when data.kind = '{self.kind}'")
         _check_choice("data.out_of_range", self.out_of_range, ("error", "hash"))
         _check_choice("data.multi_hot_distribution", self.multi_hot_distribution, ("uniform", "pareto"))
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -209,7 +229,7 @@ class TrainConfig:
     measure_after: int = 5  # steps left out of examples/s as warm-up
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
     compile: bool = False  # compile the dense part (bottom MLP, interaction, top MLP) with torch.compile
-    best_metric: str = "ne"  # what "best evaluation" means: ne or logloss (lower is better), auc (higher)
+    best_metric: str = ""  # what "best evaluation" means; empty = the task's: ne (ranking), recall_at_100 (retrieval)
     early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better best_metric
     profile_dir: str = ""  # non-empty: a torch.profiler trace of profile_steps steps (after measure_after) goes here
     profile_steps: int = 5
@@ -225,7 +245,7 @@ class TrainConfig:
         _check_choice("train.dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
         _check_choice("train.embedding_optimizer", self.embedding_optimizer, EMBEDDING_OPTIMIZERS)
         _check_choice("train.precision", self.precision, PRECISIONS)
-        _check_choice("train.best_metric", self.best_metric, ("ne", "logloss", "auc"))
+        _check_choice("train.best_metric", self.best_metric, ("", *RANKING_METRICS, *RETRIEVAL_METRICS))
         if self.early_stop_patience < 0:
             raise ConfigError("train.early_stop_patience", f"must be >= 0, got {self.early_stop_patience}")
         if self.decay_start and not self.decay_steps:
@@ -265,13 +285,29 @@ class Config:
                 "sharding.min_partition", f"{part} must divide model.embedding_dim {self.model.embedding_dim}"
             )
         self._check_dense_kernel_optimizer()
-        if self.train.epochs and self.data.kind != "criteo":
-            raise ConfigError("train.epochs", "counts passes over data.path (data.kind = 'criteo'); "
-                              "the synthetic stream is endless: set train.steps")
+        self._check_task()
+        if self.train.epochs and self.data.kind == "synthetic":
+            raise ConfigError("train.epochs", "counts passes over data.path (data.kind = 'criteo' or "
+                              "'movielens'); the synthetic stream is endless: set train.steps")
         tables = set(table_names(self.model.num_sparse_features))
         for table in self.sharding.per_table:
             if table not in tables:
                 raise ConfigError(f"sharding.per_table.{table}", f"no such table (tables: {sorted(tables)})")
+
+    def _check_task(self) -> None:
+        """Retrieval reads MovieLens data (its tables are the data's); rankers read the rest."""
+        retrieval = self.model.arch == "two_tower"
+        if retrieval != (self.data.kind == "movielens"):
+            raise ConfigError("model.arch", f"{self.model.arch!r} cannot read data.kind = {self.data.kind!r} "
+                              "(two_tower reads movielens; dlrm, dcn and projection read synthetic or criteo)")
+        metrics = RETRIEVAL_METRICS if retrieval else RANKING_METRICS
+        if self.train.best_metric and self.train.best_metric not in metrics:
+            raise ConfigError("train.best_metric", f"{self.train.best_metric!r} is not a metric of "
+                              f"{self.model.arch} (one of {', '.join(metrics)})")
+        if retrieval:
+            from torchrec_models.retrieval.source import fill_tables_from_data
+
+            fill_tables_from_data(self)
 
     def _check_dense_kernel_optimizer(self) -> None:
         """The dense kernel keeps a sharded table group as one flat weight: no per-row optimizer state."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from torchrec_models.models import RankingModel, build_model
+from torchrec_models.models import build_model
 from torchrec_models.train.best import BEST_DIR
-from torchrec_models.train.outputs import write_atomically
+from torchrec_models.train.outputs import write_atomically, write_npy
 from torchrec_models.train.checkpoint import (
     MANIFEST, CheckpointError, dcp_load, manifest_config, read_manifest, resolve_resume,
 )
@@ -34,7 +35,7 @@ def find_checkpoint(path: Path) -> Path:
     raise CheckpointError(f"{path}: no complete checkpoint here or under {path / 'checkpoints'}")
 
 
-def load_unsharded(checkpoint: Path) -> RankingModel:
+def load_unsharded(checkpoint: Path) -> torch.nn.Module:
     """The unsharded model on the CPU with the checkpoint's weights."""
     manifest = read_manifest(checkpoint)
     cfg = manifest_config(manifest, checkpoint)
@@ -51,4 +52,30 @@ def export_checkpoint(path: Path, out: Path) -> Path:
     model = load_unsharded(checkpoint)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     write_atomically(out, lambda tmp: torch.save(state, tmp))
+    if manifest_config(read_manifest(checkpoint), checkpoint).model.arch == "two_tower":
+        export_item_vectors(model, checkpoint, out)
     return checkpoint
+
+
+def item_vector_paths(out: Path) -> tuple[Path, Path]:
+    """Where ``export`` of a two-tower checkpoint puts the corpus's vectors and their raw item ids."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.item_vectors.npy"), out.with_name(f"{out.stem}.item_ids.npy")
+
+
+@torch.no_grad()
+def export_item_vectors(model: torch.nn.Module, checkpoint: Path, out: Path) -> None:
+    """Every item's vector (row i = item index i) and the raw ids, for an ANN index; read from the
+    run's ``data.path`` (its item features)."""
+    from torchrec_models.retrieval.source import MovieLensSource
+
+    cfg = manifest_config(read_manifest(checkpoint), checkpoint)
+    source = MovieLensSource(cfg)
+    model.eval()
+    items = np.arange(source.num_items)
+    vectors = torch.cat([model.towers(source.features(None, chunk))[1] for chunk in np.array_split(
+        items, max(1, len(items) // 4096))]).numpy()
+    raw_ids = np.load(Path(cfg.data.path) / "item_ids.npy")
+    vectors_path, ids_path = item_vector_paths(out)
+    write_npy(vectors_path, vectors.astype(np.float32))
+    write_npy(ids_path, raw_ids)

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from torchrec_models.config import Config
 from torchrec_models.train.checkpoint import manifest_config, read_manifest
-from torchrec_models.train.outputs import write_atomically
+from torchrec_models.train.outputs import write_atomically, write_npy
 
 
 def scoring_config(checkpoint: Path, data_dir: Path) -> Config:
@@ -57,11 +57,6 @@ def predict_rows(trainer: Any) -> np.ndarray | None:
     return out
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temporary name
-        np.save(fh, array)
-
-
 def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> dict[str, Any] | None:
     """One rank of ``evaluate`` (returns the metrics on rank 0) or ``predict`` (rank 0 writes ``out``)."""
     from torchrec_models.distributed import process_group
@@ -82,6 +77,6 @@ def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> 
             return result if env.is_main else None
         scores = predict_rows(trainer)
         if scores is not None:
-            write_atomically(Path(out), lambda p: _save_npy(p, scores))
+            write_npy(Path(out), scores)
             return {"rows": int(len(scores)), "out": out, "checkpoint": checkpoint, "step": step}
         return None

@@ -1,14 +1,17 @@
 """Config -> sharded model: build on meta, plan, wrap in DistributedModelParallel, init tables."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
+from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
 from torchrec_models.distributed import DistEnv, set_dense_math
-from torchrec_models.models import build_model, compile_dense_parts, set_output_bias
+from torchrec_models.models import build_model, compile_dense_parts
 from torchrec_models.sharding import PlanResult, make_plan, make_sharders
 from torchrec_models.table_init import init_tables
 
@@ -18,14 +21,14 @@ def autocast_dtype(cfg: Config) -> torch.dtype | None:
 
 
 def build_sharded_model(
-    cfg: Config, env: DistEnv, label_rate: float | None = None
+    cfg: Config, env: DistEnv, prepare: Callable[[nn.Module], None] | None = None
 ) -> tuple[DistributedModelParallel, PlanResult]:
-    """The DMP-wrapped ranker with this rank's shards, initialized independently of the plan;
-    the logit's bias starts at ``label_rate`` when given and ``model.output_bias`` asks for it."""
+    """The DMP-wrapped model with this rank's shards, initialized independently of the plan;
+    ``prepare`` (the task's data-dependent set-up) sees the unsharded model first."""
     set_dense_math(env.device, cfg.train.tf32)
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
-    if label_rate is not None and cfg.model.output_bias == "label_rate":
-        set_output_bias(model, label_rate)
+    if prepare is not None:
+        prepare(model)
     if cfg.train.compile:
         compile_dense_parts(model)
     pg = dist.group.WORLD

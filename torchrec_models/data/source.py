@@ -61,4 +61,8 @@ def make_source(cfg: Config, device: torch.device | str = "cpu") -> BatchSource:
         from torchrec_models.data.criteo_reader import CriteoSource
 
         return CriteoSource(cfg)
+    if cfg.data.kind == "movielens":
+        from torchrec_models.retrieval.source import MovieLensSource
+
+        return MovieLensSource(cfg)
     raise ConfigError("data.kind", f"{cfg.data.kind!r} has no reader in this build")

@@ -1,4 +1,33 @@
-"""Model families."""
-from torchrec_models.models.dlrm import RankingModel, build_model, compile_dense_parts, set_output_bias
+"""Model families: one builder for every ``model.arch``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchrec_models.config import ModelConfig
+from torchrec_models.models.dlrm import RankingModel, build_ranker, set_output_bias
+
+
+def build_model(
+    cfg: ModelConfig,
+    dense_device: torch.device,
+    seed: int,
+    autocast_dtype: torch.dtype | None = None,
+    table_device: torch.device | str = "meta",
+) -> nn.Module:
+    """The model ``cfg.arch`` names: tables on ``table_device``, the dense part seeded on ``dense_device``."""
+    if cfg.arch == "two_tower":
+        from torchrec_models.retrieval.model import build_two_tower
+
+        return build_two_tower(cfg, dense_device, seed, table_device)
+    return build_ranker(cfg, dense_device, seed, autocast_dtype, table_device)
+
+
+def compile_dense_parts(model: nn.Module) -> None:
+    """Compiles each dense part in place (Inductor fuses the element-wise ops around the GEMMs);
+    parameter names, hence checkpoints, do not change."""
+    for part in model.dense_parts():
+        part.compile(dynamic=False)
+
 
 __all__ = ["RankingModel", "build_model", "compile_dense_parts", "set_output_bias"]

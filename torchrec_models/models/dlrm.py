@@ -36,6 +36,10 @@ class RankingModel(nn.Module):
         loss = self.loss_fn(logits, batch.labels.float())
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())
 
+    def dense_parts(self) -> list[nn.Module]:
+        """The bottom MLP, the interaction and the top MLP (what ``train.compile`` compiles)."""
+        return [getattr(self.model, name) for name in DENSE_PARTS]
+
     def logits(self, batch: Batch) -> torch.Tensor:
         enabled = self.autocast_dtype is not None
         with torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
@@ -43,7 +47,7 @@ class RankingModel(nn.Module):
         return logits.float().squeeze(-1)
 
 
-def build_model(
+def build_ranker(
     cfg: ModelConfig,
     dense_device: torch.device,
     seed: int,
@@ -68,13 +72,6 @@ def set_output_bias(model: RankingModel, label_rate: float) -> None:
 
 
 DENSE_PARTS = ("dense_arch", "inter_arch", "over_arch")
-
-
-def compile_dense_parts(model: RankingModel) -> None:
-    """Compiles the bottom MLP, the interaction and the top MLP in place (Inductor: fused
-    element-wise ops around the GEMMs); parameter names, hence checkpoints, do not change."""
-    for name in DENSE_PARTS:
-        getattr(model.model, name).compile(dynamic=False)
 
 
 def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: torch.device) -> DLRM:

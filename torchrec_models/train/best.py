@@ -14,8 +14,8 @@ class BestTracker:
     ``checkpoint.keep_best`` saves the model of each new best in ``<checkpoints>/best``, where
     only the latest (the best) is kept and ordinary pruning never looks."""
 
-    def __init__(self, metric: str, patience: int, root: Path | None, keep: bool) -> None:
-        self.metric, self.patience = metric, patience
+    def __init__(self, metric: str, lower_is_better: bool, patience: int, root: Path | None, keep: bool) -> None:
+        self.metric, self.lower_is_better, self.patience = metric, lower_is_better, patience
         self.root = root / BEST_DIR if (root is not None and keep) else None
         self.best: dict[str, Any] | None = self._saved_best()
         self.evaluations_since_best = 0
@@ -29,7 +29,7 @@ class BestTracker:
         if self.best is None:
             return True
         new, old = evaluation[self.metric], self.best[self.metric]
-        return new > old if self.metric == "auc" else new < old
+        return new < old if self.lower_is_better else new > old
 
     def update(self, trainer: Any, step: int, evaluation: dict[str, float], epoch: float | None) -> None:
         """Records ``evaluation`` at ``step``; saves the model when it is a new best (a collective)."""
@@ -37,8 +37,8 @@ class BestTracker:
             self.evaluations_since_best += 1
             return
         self.evaluations_since_best = 0
-        self.best = {"step": step, "epoch": epoch, **{k: evaluation[k] for k in ("auc", "ne", "logloss")},
-                     "checkpoint": None}
+        metrics = {k: v for k, v in evaluation.items() if isinstance(v, float)}
+        self.best = {"step": step, "epoch": epoch, **metrics, "checkpoint": None}
         if self.root is not None:
             self.best["checkpoint"] = str(self.root / f"step_{step:08d}")
             save_checkpoint(trainer, self.root, step, keep=1, extra={"best_eval": self.best})

@@ -205,6 +205,7 @@ _SHAPE_FIELDS = {
     "dcn": ("dense_in_features", "bottom_mlp", "top_mlp", "embedding_dtype", "dcn_num_layers", "dcn_low_rank_dim"),
     "projection": ("dense_in_features", "bottom_mlp", "top_mlp", "embedding_dtype",
                    "projection_branch1", "projection_branch2"),
+    "two_tower": ("user_feature_count", "tower_mlp", "embedding_dtype"),
 }
 _OPTIMIZER_FIELDS = ("embedding_optimizer", "dense_optimizer")
 

@@ -22,6 +22,17 @@ def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_npy(path: Path, array: Any) -> None:
+    """A numpy array as ``.npy``, written whole."""
+    import numpy as np
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object: np.save would add ".npy" to the temporary name
+            np.save(fh, array)
+
+    write_atomically(path, save)
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_atomically(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
 

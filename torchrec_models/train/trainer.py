@@ -20,7 +20,7 @@ from torchrec_models.sharding import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from torchrec_models.train.best import BestTracker
 from torchrec_models.train.evaluation import plan_eval, with_epochs
-from torchrec_models.train.metrics import EvalMetrics
+from torchrec_models.tasks import task_for
 from torchrec_models.train.optim import LRSchedule, build_optimizer
 from torchrec_models.train.profiling import StepProfiler
 from torchrec_models.train.outputs import RunWriter
@@ -45,7 +45,8 @@ class Trainer:
         self.cfg, self.env = cfg, env
         self.eval_plan = plan_eval(cfg.train.eval_steps, cfg.train.batch_size, env.world_size,
                                    self.source.eval_examples(), self.source.train_examples() is None)
-        self.model, self.planned = build_sharded_model(cfg, env, self.source.label_rate())
+        self.task = task_for(cfg)
+        self.model, self.planned = build_sharded_model(cfg, env, lambda m: self.task.prepare(m, self.source, cfg))
         self.plan = describe_plan(self.planned.plan)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.schedule = LRSchedule(self.optimizer, cfg.train)
@@ -97,7 +98,9 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.start_step, disable=not self.env.is_main, desc="train",
                    unit="step", mininterval=0.5 if sys.stderr.isatty() else 10.0)
         evaluation: dict[str, float] = {}
-        best = BestTracker(t.best_metric, t.early_stop_patience, self.checkpoint_root, self.cfg.checkpoint.keep_best)
+        metric = t.best_metric or self.task.default_metric
+        best = BestTracker(metric, self.task.lower_is_better(metric), t.early_stop_patience, self.checkpoint_root,
+                           self.cfg.checkpoint.keep_best)
         start, self.stopped_early_at = self.start_step, None
         for stop in boundaries(start, t.steps, t.eval_every, self.cfg.checkpoint.every):
             self.train_steps(start, stop, meter, bar)
@@ -119,14 +122,6 @@ class Trainer:
         """Passes over the training data after ``step`` steps (None for an endless stream)."""
         rows = self.source.train_examples()
         return step * self.global_batch / rows if rows else None
-
-    def _warnings(self, evaluation: dict[str, float]) -> list[str]:
-        """What a user must not miss about the final model; printed by rank 0 and kept in the summary."""
-        ne = evaluation.get("ne")
-        if ne is not None and ne > 1.0:
-            return [f"eval NE {ne:.4f} > 1: the model predicts worse than the base rate; lower the learning "
-                    "rates, train longer, or check the data (README: Training well)"]
-        return []
 
     def _maybe_checkpoint(self, step: int) -> None:
         c = self.cfg.checkpoint
@@ -167,31 +162,20 @@ class Trainer:
             values["examples_per_sec"] = rate
         self.writer.log(step, "train", values)
 
-    @torch.no_grad()
-    def evaluate(self, step: int) -> dict[str, float]:
-        """AUC, NE, logloss and the example count over the held-out examples of ``self.eval_plan``."""
-        t, plan, env = self.cfg.train, self.eval_plan, self.env
-        model = self.plain_model()
-        model.eval()
-        metrics = EvalMetrics(env.world_size, env.rank, t.batch_size, plan.steps, env.device)
-        batches = self.source.eval_batches(env.rank, env.world_size, t.batch_size, range(plan.steps))
-        for i, batch in enumerate(batches):
-            _, (_, logits, labels) = model(batch.to(env.device))
-            metrics.update(logits, labels, plan.weights(i, env.rank, env.device))
-        result = metrics.compute()
-        model.train()
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """The task's held-out metrics (a collective), logged with the time since fit began."""
+        result = self.task.evaluate(self)
         started = getattr(self, "fit_started", None)  # wall time since fit began, evaluations included
         self.writer.log(step, "eval", {**result, "elapsed_s": time.perf_counter() - started} if started else result)
         if self.env.is_main:
-            tqdm.write(f"eval @ step {step}: auc {result['auc']:.4f}  ne {result['ne']:.4f}  "
-                       f"logloss {result['logloss']:.4f}")
+            tqdm.write(f"eval @ step {step}: {self.task.describe(result)}")
         return result
 
     def _summary(self, meter: ThroughputMeter, evaluation: dict[str, float]) -> dict[str, Any]:
         rss = _gather(runinfo.peak_rss_bytes())
         device_peak = _gather(runinfo.peak_device_bytes(self.env.device))
         final_loss = self.losses[-1] if self.losses else None
-        warnings = self._warnings(evaluation)
+        warnings = self.task.warnings(evaluation)
         if self.env.is_main:
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
