@@ -69,7 +69,7 @@ def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]],
     devices = row.world_size * (per_rank or lead["threads"])
     devices = devices if per_rank else min(devices, hardware["cores"])
     m = cfg.model
-    flops = roofline.train_flops_per_example(m)
+    flops = roofline.train_flops_per_example(m, candidates=cfg.train.batch_size * row.world_size)
     emb_bytes = roofline.embedding_bytes_per_example(cfg)
     gemm = ceilings["gemm_bf16_gflops" if cfg.train.precision == "bf16" else "gemm_fp32_gflops"]
     rate = tput["examples_per_sec"]

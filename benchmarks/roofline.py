@@ -41,8 +41,21 @@ def interaction_flops(m: ModelConfig) -> tuple[int, int]:
     return 2 * (f + 1) * (f + 1) * d, d + f * (f + 1) // 2
 
 
-def forward_flops(m: ModelConfig) -> dict[str, int]:
-    """Forward FLOPs per example by part: bottom MLP, interaction, top MLP."""
+def two_tower_forward_flops(m: ModelConfig, candidates: int) -> dict[str, int]:
+    """Forward FLOPs per example of the two towers and the in-batch logits against ``candidates``
+    item vectors (the global batch)."""
+    d, users = m.embedding_dim, m.user_feature_count
+    return {
+        "user_tower": mlp_flops(users * d, m.tower_mlp),
+        "item_tower": mlp_flops((m.num_sparse_features - users) * d, m.tower_mlp),
+        "in_batch_logits": 2 * m.tower_mlp[-1] * candidates,
+    }
+
+
+def forward_flops(m: ModelConfig, candidates: int = 0) -> dict[str, int]:
+    """Forward FLOPs per example by part: bottom MLP, interaction, top MLP (or the two towers)."""
+    if m.arch == "two_tower":
+        return two_tower_forward_flops(m, candidates)
     inter, top_in = interaction_flops(m)
     return {
         "bottom_mlp": mlp_flops(m.dense_in_features, m.bottom_mlp),
@@ -51,7 +64,10 @@ def forward_flops(m: ModelConfig) -> dict[str, int]:
     }
 
 
-def train_flops_per_example(m: ModelConfig) -> int:
+def train_flops_per_example(m: ModelConfig, candidates: int = 0) -> int:
+    """``candidates``: item vectors each example is scored against (two towers: the global batch)."""
+    if m.arch == "two_tower":
+        return 3 * sum(forward_flops(m, candidates).values())
     unneeded_input_grad = 2 * m.dense_in_features * m.bottom_mlp[0]
     return 3 * sum(forward_flops(m).values()) - unneeded_input_grad
 

@@ -96,6 +96,26 @@ def gpu() -> list[Row]:
     return [Row(**{**r.__dict__, "warmup_steps": 10, "window_steps": 20, "windows": 5}) for r in rows]
 
 
+TWO_TOWER = "configs/two_tower_movielens.toml"
+
+
+def retrieval() -> list[Row]:
+    """Two towers on generated MovieLens-layout data (made once, see benchmarks/retrieval_data.py):
+    the in-batch softmax's cost against the batch at 100k items, and a 1M-item corpus at 2 ranks."""
+    from benchmarks.retrieval_data import synthetic_movielens
+
+    mid = synthetic_movielens(50_000, 100_000, 20)
+    big = synthetic_movielens(200_000, 1_000_000, 10)
+    common = ("train.epochs=0", "data.shuffle=true")
+    rows = [_row(f"retrieval/items100k/ws2/b{b}", TWO_TOWER, f"data.path={mid}", *common, f"train.batch_size={b}",
+                 world_size=2, sweep="batch") for b in (256, 1024, 4096)]
+    rows.append(_row("retrieval/items100k/ws1/b2048", TWO_TOWER, f"data.path={mid}", *common,
+                     "train.batch_size=2048", world_size=1))
+    rows.append(_row("retrieval/items1m/ws2/b1024", TWO_TOWER, f"data.path={big}", *common,
+                     "train.batch_size=1024", world_size=2))
+    return rows
+
+
 SUITES: dict[str, Callable[[], list[Row]]] = {
-    "smoke": smoke, "cpu": cpu, "baseline": baseline, "scaling": scaling, "gpu": gpu,
+    "smoke": smoke, "cpu": cpu, "baseline": baseline, "scaling": scaling, "gpu": gpu, "retrieval": retrieval,
 }

@@ -401,7 +401,7 @@ def test_criteo_needs_held_out_data_and_multi_hot_needs_criteo() -> None:
 
 @pytest.mark.parametrize("distribution", ["uniform", "pareto"])
 def test_multi_hot_synthesis_follows_the_mlperf_sizes(data_dir: Path, tmp_path: Path, distribution: str) -> None:
-    from torchrec_models.models.dlrm import build_model
+    from torchrec_models.models import build_model
 
     cfg = load_config(MLPERF, ["model.max_rows_per_table=1000", "data.kind=criteo", f"data.path={tmp_path / 'mh'}",
                                "data.eval_fraction=0.2", "data.multi_hot=true",

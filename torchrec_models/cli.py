@@ -56,13 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_preprocess_args(sub) -> None:
     pre = sub.add_parser("preprocess", help="convert raw Criteo TSV files (data.kind=criteo) or a MovieLens "
                                             "download (data.kind=movielens) into the layout training reads")
-    pre.add_argument("dataset", choices=("criteo", "movielens"))
-    pre.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
+    pre.add_argument("dataset", choices=("criteo", "movielens", "movielens-synthetic"))
+    pre.add_argument("--input", nargs="+", type=Path, metavar="PATH",
                      help="Criteo TSV files (train.txt, day_0 ... day_23, optionally .gz); for movielens, the "
                           "directory of an ml-100k / ml-1m / ml-20m / ml-25m download or of atomic files")
     pre.add_argument("--min-rating", type=float, default=4.0, help="movielens: ratings at least this are positives")
     pre.add_argument("--test-fraction", type=float, default=0.2,
                      help="movielens: each user's last fraction of ratings (by time) is the test period")
+    for flag, default, what in (("--users", 10_000, "users"), ("--items", 20_000, "items"),
+                                ("--ratings-per-user", 20, "interactions per user"), ("--seed", 0, "seed")):
+        pre.add_argument(flag, type=int, default=default, help=f"movielens-synthetic: {what} (default {default})")
     pre.add_argument("--out", required=True, type=Path, help="the output directory")
     _add_config_args(pre)
     pre.add_argument("--num-embeddings", type=int, default=None, metavar="N",
@@ -79,11 +82,20 @@ def _add_preprocess_args(sub) -> None:
 
 
 def _preprocess_movielens(args: argparse.Namespace) -> int:
-    from torchrec_models.retrieval.preprocess import SplitOptions, preprocess_movielens
+    from torchrec_models.retrieval.preprocess import SplitOptions, preprocess_movielens, preprocess_raw
+    from torchrec_models.retrieval.synthetic import synthetic_ratings
 
-    if len(args.input) != 1:
+    split = SplitOptions(args.min_rating, args.test_fraction)
+    if args.dataset == "movielens-synthetic":
+        for flag in ("users", "items", "ratings_per_user"):
+            if getattr(args, flag) < 1:
+                raise ConfigError(f"--{flag.replace('_', '-')}", "must be >= 1", where="option")
+        raw = synthetic_ratings(args.users, args.items, args.ratings_per_user, args.seed)
+        meta = preprocess_raw(raw, args.out, split, f"synthetic seed {args.seed}")
+    elif not args.input or len(args.input) != 1:
         raise ConfigError("--input", "movielens takes one directory", where="option")
-    meta = preprocess_movielens(args.input[0], args.out, SplitOptions(args.min_rating, args.test_fraction))
+    else:
+        meta = preprocess_movielens(args.input[0], args.out, split)
     print(f"{meta['layout']}: {meta['ratings']:,} ratings, {meta['users']:,} users, {meta['items']:,} items; "
           f"{meta['train_positives']:,} training and {meta['test_positives']:,} test positives "
           f"({meta['test_users']:,} test users) in {args.out}")
@@ -135,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _preprocess(args: argparse.Namespace) -> int:
     from torchrec_models.data.criteo_preprocess import CriteoDataError, PreprocessOptions, preprocess
 
-    if args.dataset == "movielens":
+    if args.dataset.startswith("movielens"):
         return _preprocess_movielens(args)
+    if not args.input:
+        raise ConfigError("--input", "criteo needs its TSV files", where="option")
     sizes = None
     if args.num_embeddings is not None and (args.config or args.overrides):
         raise ConfigError("--num-embeddings", "give --num-embeddings or --config, not both", where="option")

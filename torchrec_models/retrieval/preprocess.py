@@ -68,9 +68,15 @@ def preprocess_movielens(source: Path, out: Path, options: SplitOptions = SplitO
     """Reads ``source`` (any layout :func:`read_movielens` knows), writes ``out``; returns meta."""
     if not 0.0 < options.test_fraction < 1.0:
         raise MovieLensDataError(f"--test-fraction must be in (0, 1), got {options.test_fraction}")
-    raw = read_movielens(source)
+    return preprocess_raw(read_movielens(source), out, options, str(source))
+
+
+def preprocess_raw(raw: RawRatings, out: Path, options: SplitOptions, source: str) -> dict:
+    """The split and the arrays of ratings already read (or generated); writes ``out``."""
     user_ids, user = np.unique(raw.users, return_inverse=True)
-    item_ids, item = np.unique(raw.items, return_inverse=True)
+    catalogue = np.array(list(raw.item_genres), dtype=raw.items.dtype) if raw.item_genres else raw.items[:0]
+    item_ids = np.unique(np.concatenate([raw.items, catalogue]))  # the corpus: rated or listed items
+    item = np.searchsorted(item_ids, raw.items)
     test = time_split(user, raw.timestamps, options.test_fraction)
     positive = raw.ratings >= options.min_rating
     order = np.lexsort((np.arange(len(user)), raw.timestamps))  # time order for every output
@@ -85,7 +91,7 @@ def preprocess_movielens(source: Path, out: Path, options: SplitOptions = SplitO
               for side, values in (("user", user), ("item", item))}
     arrays |= {"user_features": features, "item_genre_offsets": offsets, "item_genre_values": genres,
                "user_ids": user_ids, "item_ids": item_ids}
-    meta = {"layout": raw.layout, "source": str(source), "ratings": int(len(user)), "users": int(len(user_ids)),
+    meta = {"layout": raw.layout, "source": source, "ratings": int(len(user)), "users": int(len(user_ids)),
             "items": int(len(item_ids)), "min_rating": options.min_rating, "test_fraction": options.test_fraction,
             "train_positives": int(len(pick["train"])), "test_positives": int(len(pick["test"])),
             "test_users": int(len(np.unique(arrays["test_user"]))),
