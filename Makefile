@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-avx2 bench-smoke clean
+.PHONY: setup demo test test-avx2 test-quality bench-smoke clean
 
 setup:
 	@bash scripts/setup.sh
@@ -14,11 +14,18 @@ demo: setup
 	$(PY) -m torchrec_models train --config configs/tiny.toml --nproc-per-node 2 --run-dir runs/demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not quality"
+
+# Presets trained to model-quality targets on generated data (NE < 1, above logistic regression,
+# above the popularity baseline): about two minutes more.
+test-quality: setup
+	$(PY) -m pytest -q -m quality
 
 # The numerical tests again with torch's AVX2 kernels (other vector widths, other summation
 # orders): bounds that hold only on one CPU's kernels fail here. CI runs it after `make test`.
-NUMERICAL := tests/test_oracle.py tests/test_baseline.py tests/test_precision_options.py \
+NUMERICAL := tests/test_oracle.py tests/test_baseline.py \
+	tests/test_precision_options.py::test_fp16_comms_and_fp16_tables_train_on_two_gloo_ranks \
+	tests/test_retrieval.py::test_two_ranks_match_one_process_with_gathered_negatives \
 	tests/test_checkpoint.py::test_resume_is_bit_exact tests/test_checkpoint.py::test_resharded_resume_continues_with_the_same_losses \
 	tests/test_checkpoint.py::test_export_predicts_like_the_sharded_model
 test-avx2: setup

@@ -431,6 +431,7 @@ def test_multi_hot_synthesis_follows_the_mlperf_sizes(data_dir: Path, tmp_path: 
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_dlrm_beats_logistic_regression_on_criteo_format_data(tmp_path: Path) -> None:
     """Interactions in the generator's teacher are visible to a DLRM and not to a linear model."""
     import warnings
@@ -516,6 +517,7 @@ def test_hashed_ids_are_counted_in_the_run_summary(data_dir: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_criteo_preset_ends_better_than_the_base_rate_on_small_generated_data(tmp_path: Path) -> None:
     """30k rows, one pass. With the README's small-data batch (512 per rank, 29 steps): NE < 1 and
     no warning. As shipped (2048, 8 steps): no divergence (the old preset ended at NE 4.66 in 20
@@ -567,6 +569,7 @@ def test_output_bias_starts_at_the_log_odds_of_the_label_rate(data_dir: Path, tm
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_dcnv2_preset_scaled_down_ends_better_than_the_base_rate(tmp_path: Path) -> None:
     """The DCNv2 preset with its tables capped and the README's small-data batch, one pass over
     30k generated multi-hot rows: NE < 1 and no warning."""

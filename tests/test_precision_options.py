@@ -131,7 +131,7 @@ def test_compiled_dense_part_trains_like_eager(tmp_path: Path) -> None:
     for compiled in ("false", "true"):
         run = tmp_path / compiled
         done = run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(run), "--set",
-                       f"train.compile={compiled}", "train.steps=60", "train.log_every=10")
+                       f"train.compile={compiled}", "train.steps=40", "train.log_every=10")
         assert done.returncode == 0, done.stderr[-3000:]
         summaries[compiled] = json.loads((run / "summary.json").read_text())
     eager, compiled = summaries["false"], summaries["true"]
