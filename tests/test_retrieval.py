@@ -221,6 +221,16 @@ def test_export_writes_item_vectors_that_rank_like_training(taste_data: Path, tm
     other = vectors[genre == 0] @ vectors[genre == 1].T
     assert same.mean() > other.mean() + 0.1
 
+    trained = json.loads((run / "summary.json").read_text())["eval"]
+    done = run_cli("evaluate", "--checkpoint", str(run), "--data", str(taste_data), "--nproc-per-node", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    again = json.loads(done.stdout.strip().splitlines()[-1])
+    assert again["step"] == 30 and again["examples"] == trained["examples"]
+    for key in metric_names():  # 2 ranks now, 1 in training: the same rankings
+        assert again[key] == pytest.approx(trained[key], abs=2e-3)
+    done = run_cli("predict", "--checkpoint", str(run), "--data", str(taste_data), "--out", str(tmp_path / "p.npy"))
+    assert done.returncode == 2 and "evaluate" in done.stderr and not (tmp_path / "p.npy").exists()
+
 
 def test_synthetic_ratings_plant_affinity_and_zipf_popularity() -> None:
     from torchrec_models.retrieval.synthetic import synthetic_ratings

@@ -232,13 +232,17 @@ def _score(args: argparse.Namespace) -> int:
     from torchrec_models.scoring import score_worker, scoring_config
 
     checkpoint = find_checkpoint(args.checkpoint)
-    make_source(scoring_config(checkpoint, args.data))  # a bad --data stops here, naming the file
+    cfg = scoring_config(checkpoint, args.data)
+    if cfg.model.arch == "two_tower" and args.command == "predict":
+        raise ConfigError("predict", "scores rows for a ranker; for a two_tower checkpoint use `evaluate` "
+                          "(recall / NDCG) and `export` (the item vectors)", where="command")
+    make_source(cfg)  # a bad --data stops here, naming the file
     out = str(args.out) if args.out else None
     code, result = _run_ranks(score_worker, (args.command, str(checkpoint), str(args.data), out),
                               args.nproc_per_node)
     if result is not None:
         if args.command == "evaluate":
-            print(json.dumps({k: result[k] for k in ("auc", "ne", "logloss", "examples", "step")}))
+            print(json.dumps({k: v for k, v in result.items() if k not in ("checkpoint", "data")}))
         else:
             print(f"predicted {result['rows']:,} rows with {checkpoint} (step {result['step']}); {args.out}")
     return code

@@ -24,6 +24,9 @@ from torchrec_models.train.outputs import write_atomically, write_npy
 def scoring_config(checkpoint: Path, data_dir: Path) -> Config:
     """The checkpoint's run config, reading ``data_dir`` whole as its held-out set."""
     cfg = manifest_config(read_manifest(checkpoint), checkpoint)
+    if cfg.model.arch == "two_tower":  # its tables must be the data's: the config check compares them
+        return replace(cfg, data=replace(cfg.data, path=str(data_dir)),
+                       train=replace(cfg.train, epochs=0, profile_dir=""))
     data = replace(cfg.data, kind="criteo", path=str(data_dir), eval_path=str(data_dir), eval_fraction=0.0,
                    shuffle=False)
     train = replace(cfg.train, eval_steps=0, epochs=0, profile_dir="")
