@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.runtime.quiet import quiet_library_noise
 
 
 def _run_parser() -> argparse.ArgumentParser:

@@ -18,8 +18,8 @@ from torchrec.datasets.utils import Batch
 
 from torchrec_models.config import Config, ConfigError, ModelConfig, table_names
 from torchrec_models.data.source import make_source
-from torchrec_models.distributed import DistEnv
-from torchrec_models.table_init import table_values
+from torchrec_models.runtime.distributed import DistEnv
+from torchrec_models.sharding.table_init import table_values
 from torchrec_models.train.optim import _torch_optimizer
 from torchrec_models.train.throughput import ThroughputMeter
 

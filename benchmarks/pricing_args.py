@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from torchrec_models.pricing import parse_prices
+from torchrec_models.sharding.pricing import parse_prices
 
 
 def prices_or_exit(items: list[str]) -> dict[str, float]:

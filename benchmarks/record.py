@@ -8,7 +8,7 @@ from benchmarks import roofline
 from benchmarks.rows import Row
 from torchrec_models import runinfo
 from torchrec_models.config import Config
-from torchrec_models.pricing import usd_per_million_examples
+from torchrec_models.sharding.pricing import usd_per_million_examples
 
 REQUIRED = {
     "suite": str, "row": str, "impl": str, "arch": str, "tables": dict, "batch_size_per_rank": int,

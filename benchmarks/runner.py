@@ -18,7 +18,7 @@ from benchmarks.suites import SUITES
 from benchmarks.worker import bench_worker
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
-from torchrec_models.launcher import launch_local
+from torchrec_models.runtime.launcher import launch_local
 
 
 def run_row(row: Row, repeat: int) -> tuple[list[dict[str, Any]], list[str]]:

@@ -13,14 +13,14 @@ from typing import Any
 
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
-from torchrec_models.launcher import launch_local
-from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.runtime.launcher import launch_local
+from torchrec_models.runtime.quiet import quiet_library_noise
 
 
 def soak_worker(config: str, overrides: list[str], seconds: float, chunk_steps: int) -> list[dict[str, Any]]:
     """Rank body: train in chunks until ``seconds`` pass, sampling RSS after each chunk."""
     quiet_library_noise()
-    from torchrec_models.distributed import process_group
+    from torchrec_models.runtime.distributed import process_group
     from torchrec_models.train.trainer import Trainer
 
     cfg = load_config(config, overrides)

@@ -11,13 +11,13 @@ from benchmarks.rows import Row
 from benchmarks.split import split_steps
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
-from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.runtime.quiet import quiet_library_noise
 
 
 def bench_worker(row: Row) -> dict[str, Any]:
     """Returns this rank's measurements; rank 0's also carry the plan and the planner's estimate."""
     quiet_library_noise()
-    from torchrec_models.distributed import process_group
+    from torchrec_models.runtime.distributed import process_group
 
     cfg = load_config(row.config, list(row.overrides) + [f"train.steps={row.measured_steps}"])
     with process_group(cfg.sharding.device) as env:

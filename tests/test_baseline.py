@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from torchrec_models.launcher import launch_local
+from torchrec_models.runtime.launcher import launch_local
 
 TINY = "configs/tiny.toml"
 STEPS = 12
@@ -25,7 +25,7 @@ def _baseline_parameters(batch_size: int) -> tuple[dict[str, torch.Tensor], dict
     """Rank body: train the baseline STEPS steps; rank 0 returns every parameter before and after."""
     from benchmarks.baseline import BaselineTrainer
     from torchrec_models.config import load_config
-    from torchrec_models.distributed import process_group
+    from torchrec_models.runtime.distributed import process_group
 
     cfg = load_config(TINY, [f"train.batch_size={batch_size}", f"train.steps={STEPS}", "train.warmup_steps=0",
                              f"train.lr={LR}", "train.dense_optimizer=sgd", "train.embedding_optimizer=sgd"])

@@ -12,7 +12,7 @@ from benchmarks.record import throughput, validate_record
 from benchmarks.roofline import embedding_bytes_per_example, forward_flops, train_flops_per_example
 from conftest import ROOT
 from torchrec_models.config import load_config
-from torchrec_models.pricing import parse_prices, usd_per_million_examples
+from torchrec_models.sharding.pricing import parse_prices, usd_per_million_examples
 
 
 def test_cost_formula() -> None:

@@ -131,7 +131,7 @@ def test_export_predicts_like_the_sharded_model(straight: Path, tmp_path: Path) 
     from torchrec_models.config import build_config
     from torchrec_models.data.source import make_source
     from torchrec_models.models import build_model
-    from torchrec_models.oracle import sharded_eval_logits
+    from torchrec_models.train.oracle import sharded_eval_logits
 
     state = _export(straight, tmp_path / "model.pt")
     ckpt = resolve_resume("auto", straight / "checkpoints")

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, TINY, run_cli
 from torchrec_models.config import ConfigError, load_config
-from torchrec_models.sharding import validate_for_device
+from torchrec_models.sharding.planner import validate_for_device
 
 PRESETS = sorted((ROOT / "configs").glob("*.toml"))
 

@@ -550,7 +550,7 @@ def test_label_rate_reads_the_training_rows_only(data_dir: Path) -> None:
 def test_output_bias_starts_at_the_log_odds_of_the_label_rate(data_dir: Path, tmp_path: Path) -> None:
     """One step at a negligible rate: the logit's bias in the checkpoint is still the log-odds of
     the training rows' label rate (with the default, the layer's own initialization)."""
-    from torchrec_models.export import load_unsharded
+    from torchrec_models.serving.export import load_unsharded
     from torchrec_models.train.checkpoint import resolve_resume
 
     rate = _arrays(data_dir)[2][:2400].mean()
@@ -593,7 +593,7 @@ def test_dcnv2_preset_scaled_down_ends_better_than_the_base_rate(tmp_path: Path)
 def test_evaluate_and_predict_agree_with_the_exported_model(data_dir: Path, tmp_path: Path) -> None:
     from sklearn.metrics import roc_auc_score
 
-    from torchrec_models.export import load_unsharded
+    from torchrec_models.serving.export import load_unsharded
     from torchrec_models.train.checkpoint import resolve_resume
 
     sets = [f"model.num_embeddings_per_feature={_lst(1000)}", f"model.multi_hot_sizes={_lst(1)}", "data.kind=criteo",

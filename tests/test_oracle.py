@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import TINY
-from torchrec_models.oracle import max_abs_diff, run_variants
+from torchrec_models.train.oracle import max_abs_diff, run_variants
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_matches_one_process(runs, kind: str) -> None:
 def test_weights_actually_moved(runs) -> None:
     """Guards the oracle itself: training must change the tables, or agreement proves nothing."""
     sharded, single = runs
-    from torchrec_models.table_init import table_values
+    from torchrec_models.sharding.table_init import table_values
 
     key = "model.sparse_arch.embedding_bag_collection.embedding_bags.t_cat_0.weight"
     trained = single["rowwise_adagrad"]["state"][key]

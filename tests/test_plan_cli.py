@@ -7,8 +7,8 @@ import pytest
 
 from conftest import ROOT, TINY, run_cli
 from torchrec_models.cli import main
-from torchrec_models.planning import GPUS
-from torchrec_models.pricing import DEFAULT_PRICES_USD_PER_HOUR
+from torchrec_models.sharding.planning import GPUS
+from torchrec_models.sharding.pricing import DEFAULT_PRICES_USD_PER_HOUR
 
 DCN = str(ROOT / "configs" / "dlrm_dcnv2_mlperf.toml")
 GIB = 1024**3

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY
 from torchrec_models.config import load_config
 from torchrec_models.models import build_model
-from torchrec_models.sharding import describe_plan, make_plan
+from torchrec_models.sharding.planner import describe_plan, make_plan
 
 
 def _meta_model(cfg):

@@ -11,10 +11,10 @@ from torchrec.modules.embedding_configs import DataType
 
 from conftest import TINY, run_cli
 from torchrec_models.config import ConfigError, load_config
-from torchrec_models.distributed import set_dense_math
+from torchrec_models.runtime.distributed import set_dense_math
 from torchrec_models.models import build_model
-from torchrec_models.sharding import constraints, describe_plan, make_plan, make_sharders, validate_for_device
-from torchrec_models.tables import embedding_bag_configs
+from torchrec_models.sharding.planner import constraints, describe_plan, make_plan, make_sharders, validate_for_device
+from torchrec_models.sharding.tables import embedding_bag_configs
 
 
 def _plan(cfg, world: int = 4, device: str = "cuda"):

@@ -165,7 +165,7 @@ def taste_data(tmp_path_factory) -> Path:
 def test_two_ranks_match_one_process_with_gathered_negatives(taste_data: Path) -> None:
     """20 steps at a global batch of 64: 2 ranks x 32 (negatives gathered across ranks) against
     1 process x 64, every parameter within 1e-5."""
-    from torchrec_models.oracle import max_abs_diff, run_variants
+    from torchrec_models.train.oracle import max_abs_diff, run_variants
 
     variants = {"two_tower": [f"data.path={taste_data}", "train.epochs=0", "train.warmup_steps=0",
                               "train.dense_optimizer=sgd", "train.lr=0.05", "sharding.type=table_wise"]}
@@ -203,7 +203,7 @@ def test_preset_learns_more_than_popularity_and_resumes_exactly(taste_data: Path
 @pytest.mark.slow
 def test_export_writes_item_vectors_that_rank_like_training(taste_data: Path, tmp_path: Path) -> None:
     """export: the state dict plus one unit vector per item (rows in item-index order) and raw ids."""
-    from torchrec_models.export import item_vector_paths
+    from torchrec_models.serving.export import item_vector_paths
 
     run = tmp_path / "run"
     done = run_cli("train", "--config", str(PRESET), "--run-dir", str(run), "--set", f"data.path={taste_data}",

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from torchrec_models.table_init import fill_block, table_values
+from torchrec_models.sharding.table_init import fill_block, table_values
 
 
 def test_blocks_match_the_whole_table() -> None:

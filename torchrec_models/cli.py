@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from torchrec_models.config import Config, ConfigError, load_config
-from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.runtime.quiet import quiet_library_noise
 from torchrec_models.errors import CheckpointError, DataError
 
 
@@ -103,7 +103,7 @@ def _preprocess_movielens(args: argparse.Namespace) -> int:
 
 
 def _add_plan_args(plan: argparse.ArgumentParser) -> None:
-    from torchrec_models.gpus import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE
+    from torchrec_models.sharding.gpus import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE
 
     plan.add_argument("--world-size", type=int, default=8, help="ranks (GPUs) in all")
     plan.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -177,7 +177,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
-    from torchrec_models.worker import preflight, train_worker
+    from torchrec_models.runtime.worker import preflight, train_worker
 
     if args.nproc_per_node < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
@@ -192,8 +192,8 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 def _run_ranks(worker, worker_args: tuple, nproc: int, max_restarts: int = 0) -> tuple[int, Any]:
     """(exit status, rank 0's return value): this process as the only rank, or ``nproc`` local
     ranks through torch elastic. A rank stopped by bad input has its one line printed once."""
-    from torchrec_models.launcher import launch_local, under_launcher
-    from torchrec_models.worker import read_user_errors
+    from torchrec_models.runtime.launcher import launch_local, under_launcher
+    from torchrec_models.runtime.worker import read_user_errors
 
     if nproc < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
@@ -228,8 +228,8 @@ def _failure_traceback(failure: Any) -> str:
 def _score(args: argparse.Namespace) -> int:
     """``evaluate`` / ``predict``: checked before any rank starts, then run on every rank."""
     from torchrec_models.data.source import make_source
-    from torchrec_models.export import find_checkpoint
-    from torchrec_models.scoring import score_worker, scoring_config
+    from torchrec_models.serving.export import find_checkpoint
+    from torchrec_models.serving.scoring import score_worker, scoring_config
 
     checkpoint = find_checkpoint(args.checkpoint)
     cfg = scoring_config(checkpoint, args.data)
@@ -255,7 +255,7 @@ def _rank_error_dir() -> Iterator[Path]:
     import logging
     import tempfile
 
-    from torchrec_models.worker import ERROR_DIR_ENV
+    from torchrec_models.runtime.worker import ERROR_DIR_ENV
 
     names = ("torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn")
     logs = [logging.getLogger(n) for n in names]
@@ -273,7 +273,7 @@ def _rank_error_dir() -> Iterator[Path]:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from torchrec_models.export import export_checkpoint
+    from torchrec_models.serving.export import export_checkpoint
 
     source = export_checkpoint(args.checkpoint, args.out)
     print(f"exported {source} -> {args.out}")
@@ -296,8 +296,8 @@ def _report(summary: dict, run_dir: Path) -> None:
 
 def _plan(args: argparse.Namespace, cfg: Config) -> int:
     """Prints the plan and forecast; exits 1 with the missing memory when the tables cannot fit."""
-    from torchrec_models.planning import PlanDoesNotFit, make_cluster, plan_offline
-    from torchrec_models.pricing import parse_prices
+    from torchrec_models.sharding.planning import PlanDoesNotFit, make_cluster, plan_offline
+    from torchrec_models.sharding.pricing import parse_prices
 
     if args.examples is not None and args.examples < 1:
         raise ConfigError("--examples", f"must be >= 1, got {args.examples}", where="option")

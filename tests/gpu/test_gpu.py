@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from torchrec_models.config import load_config
-from torchrec_models.distributed import process_group
-from torchrec_models.state import gather_full_state_dict
+from torchrec_models.runtime.distributed import process_group
+from torchrec_models.serving.state import gather_full_state_dict
 from torchrec_models.train.trainer import Trainer
 
 pytestmark = pytest.mark.gpu

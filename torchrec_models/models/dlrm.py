@@ -15,7 +15,7 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_models.config import ModelConfig
-from torchrec_models.tables import embedding_bag_configs
+from torchrec_models.sharding.tables import embedding_bag_configs
 
 
 class RankingModel(nn.Module):

@@ -12,7 +12,7 @@ from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import ModelConfig, feature_names
-from torchrec_models.tables import embedding_bag_configs
+from torchrec_models.sharding.tables import embedding_bag_configs
 
 
 def _tower(in_features: int, layers: list[int], device: torch.device) -> nn.Module:

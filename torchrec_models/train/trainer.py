@@ -14,9 +14,9 @@ from tqdm import tqdm
 from torchrec_models import runinfo
 from torchrec_models.config import Config
 from torchrec_models.data.source import make_source
-from torchrec_models.distributed import DistEnv
-from torchrec_models.sharded_model import build_sharded_model
-from torchrec_models.sharding import describe_plan, format_plan
+from torchrec_models.runtime.distributed import DistEnv
+from torchrec_models.sharding.sharded_model import build_sharded_model
+from torchrec_models.sharding.planner import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from torchrec_models.train.best import BestTracker
 from torchrec_models.train.evaluation import plan_eval, with_epochs

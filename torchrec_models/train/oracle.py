@@ -11,15 +11,15 @@ from typing import Any
 import torch
 
 from torchrec_models.config import load_config
-from torchrec_models.launcher import launch_local
-from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.runtime.launcher import launch_local
+from torchrec_models.runtime.quiet import quiet_library_noise
 
 
 def _train_and_gather(config_path: str | None, variants: dict[str, list[str]], steps: int) -> dict[str, Any] | None:
     """Rank body: for each named list of overrides, train ``steps`` steps and gather the weights."""
     quiet_library_noise()
-    from torchrec_models.distributed import process_group
-    from torchrec_models.state import gather_full_state_dict
+    from torchrec_models.runtime.distributed import process_group
+    from torchrec_models.serving.state import gather_full_state_dict
     from torchrec_models.train.trainer import Trainer
 
     results: dict[str, Any] = {}
@@ -55,7 +55,7 @@ def _eval_logits(config_path: str | None, overrides: list[str], checkpoint: str,
     quiet_library_noise()
     import torch.distributed as dist
 
-    from torchrec_models.distributed import process_group
+    from torchrec_models.runtime.distributed import process_group
     from torchrec_models.train.trainer import Trainer
 
     cfg = load_config(config_path, overrides)

@@ -62,11 +62,11 @@ def predict_rows(trainer: Any) -> np.ndarray | None:
 
 def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> dict[str, Any] | None:
     """One rank of ``evaluate`` (returns the metrics on rank 0) or ``predict`` (rank 0 writes ``out``)."""
-    from torchrec_models.distributed import process_group
-    from torchrec_models.quiet import quiet_library_noise
+    from torchrec_models.runtime.distributed import process_group
+    from torchrec_models.runtime.quiet import quiet_library_noise
     from torchrec_models.train.checkpoint import load_checkpoint
     from torchrec_models.train.trainer import Trainer
-    from torchrec_models.worker import reporting_user_errors
+    from torchrec_models.runtime.worker import reporting_user_errors
 
     quiet_library_noise()
     cfg = scoring_config(Path(checkpoint), Path(data_dir))

@@ -10,10 +10,10 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
-from torchrec_models.distributed import DistEnv, set_dense_math
+from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
-from torchrec_models.sharding import PlanResult, make_plan, make_sharders
-from torchrec_models.table_init import init_tables
+from torchrec_models.sharding.planner import PlanResult, make_plan, make_sharders
+from torchrec_models.sharding.table_init import init_tables
 
 
 def autocast_dtype(cfg: Config) -> torch.dtype | None:

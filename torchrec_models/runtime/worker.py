@@ -10,13 +10,13 @@ from typing import Any, Iterator
 import torch
 
 from torchrec_models.config import Config, ConfigError, load_config
-from torchrec_models.quiet import quiet_library_noise
+from torchrec_models.runtime.quiet import quiet_library_noise
 
 
 def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str = "none") -> None:
     """Checks what can be checked before any process starts or any file is written."""
     from torchrec_models.data.source import make_source
-    from torchrec_models.sharding import validate_for_device
+    from torchrec_models.sharding.planner import validate_for_device
     from torchrec_models.train.evaluation import plan_eval
 
     wants_cuda = cfg.sharding.device == "cuda" or (cfg.sharding.device == "auto" and torch.cuda.is_available())
@@ -47,7 +47,7 @@ def train_worker(
 ) -> dict[str, Any] | None:
     """One rank's whole life; rank 0 returns the summary."""
     quiet_library_noise()
-    from torchrec_models.distributed import process_group
+    from torchrec_models.runtime.distributed import process_group
     from torchrec_models.train.trainer import run_training
 
     cfg = load_config(config_path, list(overrides))
@@ -91,6 +91,6 @@ def read_user_errors(directory: Path) -> list[str]:
 
 
 def _launched() -> bool:
-    from torchrec_models.launcher import under_launcher
+    from torchrec_models.runtime.launcher import under_launcher
 
     return under_launcher()

@@ -24,10 +24,10 @@ from torchrec.distributed.planner.storage_reservations import HeuristicalStorage
 from torchrec.distributed.planner.types import PlannerError, ShardingOption, Topology
 
 from torchrec_models.config import Config, ConfigError
-from torchrec_models.gpus import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE, GpuSpec
+from torchrec_models.sharding.gpus import DENSE_PEAK_FRACTION, GPUS, GPUS_PER_NODE, GpuSpec
 from torchrec_models.models import build_model
-from torchrec_models.pricing import DEFAULT_PRICES_USD_PER_HOUR, usd_per_million_examples
-from torchrec_models.sharding import (
+from torchrec_models.sharding.pricing import DEFAULT_PRICES_USD_PER_HOUR, usd_per_million_examples
+from torchrec_models.sharding.planner import (
     GIB, constraints, describe_plan, format_plan, make_plan, make_planner, make_topology, per_rank_estimate,
 )
 
