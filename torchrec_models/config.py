@@ -79,6 +79,7 @@ class ModelConfig:
     tower_mlp: list[int] = field(default_factory=lambda: [128, 64])  # two_tower: each tower's layers; the last is the vector
     temperature: float = 0.05  # two_tower: softmax temperature over cosine similarities
     logq_correction: bool = True  # two_tower: subtract log(item frequency) from in-batch logits
+    extra_negatives: int = 0  # two_tower: items drawn uniformly each step, shared by every rank, as more negatives
     output_bias: str = "init"  # the logit's bias: as the layer initializes it, or the log-odds of the training label rate (files only)
 
     def __post_init__(self) -> None:
@@ -126,6 +127,8 @@ class ModelConfig:
     def _check_towers(self) -> None:
         _check_sizes("model.tower_mlp", self.tower_mlp)
         _check_positive("model.temperature", self.temperature)
+        if self.extra_negatives < 0:
+            raise ConfigError("model.extra_negatives", f"must be >= 0, got {self.extra_negatives}")
 
     @property
     def num_sparse_features(self) -> int:

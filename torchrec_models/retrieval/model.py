@@ -42,7 +42,8 @@ class TwoTower(nn.Module):
     towers end L2-normalized. A batch's labels are the positive item's index."""
 
     def __init__(self, ebc: EmbeddingBagCollection, user_keys: list[str], item_keys: list[str],
-                 layers: list[int], temperature: float, num_items: int, device: torch.device) -> None:
+                 layers: list[int], temperature: float, num_items: int, device: torch.device,
+                 extra_negatives: int = 0) -> None:
         super().__init__()
         dim = ebc.embedding_bag_configs()[0].embedding_dim
         self.embedding_bag_collection = ebc
@@ -50,6 +51,7 @@ class TwoTower(nn.Module):
         self.user_tower = _tower(dim * len(user_keys), layers, device)
         self.item_tower = _tower(dim * len(item_keys), layers, device)
         self.temperature = temperature
+        self.extra_negatives = extra_negatives
         self.data_device = device if device.type != "meta" else torch.device("cpu")
         # a plain tensor, not a buffer: data, not a weight (never checkpointed nor broadcast)
         self.log_q = torch.zeros(num_items, device=self.data_device)
@@ -71,20 +73,29 @@ class TwoTower(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         users, items = self.towers(batch.sparse_features)
-        logits, target = in_batch_logits(users, items, batch.labels, self.log_q, self.temperature)
+        logits, target = in_batch_logits(users, items, batch.labels, self.log_q, self.temperature,
+                                         self.extra_negatives)
         loss = nn.functional.cross_entropy(logits, target)
         return loss, (loss.detach(), logits.detach(), target)
 
 
 def in_batch_logits(users: torch.Tensor, items: torch.Tensor, item_ids: torch.Tensor, log_q: torch.Tensor,
-                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, global B] logits of each user against every rank's positives, minus log q of each
-    candidate, and each row's target column; another copy of a row's own positive item is not a
-    negative (-inf)."""
+                    temperature: float, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, global B + extra] logits of each user against every rank's positives (minus log q of
+    each) and the ``extra`` uniformly drawn items of the batch's last rows (minus log of their
+    uniform probability), and each row's target column; another copy of a row's own positive item
+    is not a negative (-inf)."""
+    rows = len(item_ids) - extra
+    negatives, negative_ids = items[rows:], item_ids[rows:]
+    users, items, item_ids = users[:rows], items[:rows], item_ids[:rows]
     all_items, all_ids = _gather_rows(items), _gather_ids(item_ids)
     offset = (dist.get_rank() if dist.is_initialized() else 0) * len(item_ids)
     target = torch.arange(len(item_ids), device=users.device) + offset
     logits = users @ all_items.T / temperature - log_q[all_ids]
+    if extra:
+        uniform = -torch.log(torch.tensor(float(len(log_q)), device=users.device))
+        logits = torch.cat([logits, users @ negatives.T / temperature - uniform], dim=1)
+        all_ids = torch.cat([all_ids, negative_ids])
     duplicate = item_ids[:, None] == all_ids[None, :]
     duplicate[torch.arange(len(item_ids)), target] = False
     return logits.masked_fill(duplicate, float("-inf")), target
@@ -102,4 +113,4 @@ def build_two_tower(cfg: ModelConfig, dense_device: torch.device, seed: int,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return TwoTower(ebc, keys[:split], keys[split:], list(cfg.tower_mlp), cfg.temperature,
-                        cfg.table_rows()[split], torch.device(dense_device))
+                        cfg.table_rows()[split], torch.device(dense_device), cfg.extra_negatives)

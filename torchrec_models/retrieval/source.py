@@ -21,6 +21,7 @@ from torchrec_models.retrieval.metrics import Pairs
 from torchrec_models.retrieval.preprocess import META
 
 FEATURES = ("user_id", "age", "gender", "occupation", "item_id", "genre")
+NEGATIVES_STREAM = 7  # the extra negatives' random stream, apart from any other use of the seed
 USER_SIDE = 4
 
 
@@ -64,11 +65,17 @@ class MovieLensSource:
         self.test_users = np.flatnonzero(np.diff(self.test.offsets) > 0)
         self.order = RowOrder(0, len(self.train_user), cfg.train.seed if cfg.data.shuffle else None)
         self.keys = feature_names(len(FEATURES))
+        self.extra_negatives, self.seed = cfg.model.extra_negatives, cfg.train.seed
 
     def train_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         for step in steps:
             rows = self.order.rows(step, rank, world_size, batch_size)
-            yield self.pair_batch(self.train_user[rows], self.train_item[rows])
+            yield self.pair_batch(self.train_user[rows], self.train_item[rows], self.negatives(step))
+
+    def negatives(self, step: int) -> np.ndarray:
+        """``model.extra_negatives`` items drawn uniformly for ``step``: the same on every rank."""
+        rng = np.random.default_rng((self.seed, step, NEGATIVES_STREAM))
+        return rng.integers(0, self.num_items, self.extra_negatives)
 
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         raise NotImplementedError("retrieval is evaluated against the whole corpus (RetrievalTask.evaluate)")
@@ -87,18 +94,25 @@ class MovieLensSource:
         counts = np.bincount(self.train_item, minlength=self.num_items).astype(np.float64)
         return torch.as_tensor(np.log(np.maximum(counts, 1.0) / counts.sum()), dtype=torch.float32)
 
-    def pair_batch(self, users: np.ndarray, items: np.ndarray) -> Batch:
-        return Batch(dense_features=torch.zeros(len(users), 0), sparse_features=self.features(users, items),
-                     labels=torch.as_tensor(items, dtype=torch.long))
+    def pair_batch(self, users: np.ndarray, items: np.ndarray, negatives: np.ndarray | None = None) -> Batch:
+        """Rows (user, positive item), then one row per extra negative with only its item features;
+        labels: the positives' items, then the negatives'."""
+        negatives = np.zeros(0, np.int64) if negatives is None else negatives
+        all_items = np.concatenate([items, negatives])
+        users_or_none = np.concatenate([users, np.full(len(negatives), -1)])
+        return Batch(dense_features=torch.zeros(len(all_items), 0), sparse_features=self.features(users_or_none, all_items),
+                     labels=torch.as_tensor(all_items, dtype=torch.long))
 
     def features(self, users: np.ndarray | None, items: np.ndarray | None) -> KeyedJaggedTensor:
-        """All six features of rows (user, item); a side given as None is left empty (no ids)."""
+        """All six features of rows (user, item); a side given as None, or a user of -1, has no ids."""
         n = len(users) if users is not None else len(items)
+        users = np.full(n, -1) if users is None else users
+        known = users >= 0
         values, lengths = [], []
         for j in range(USER_SIDE):
-            ids = self.user_features[users, j - 1] if users is not None and j else users
-            values.append(np.zeros(0, np.int64) if users is None else ids)
-            lengths.append(np.zeros(n, np.int64) if users is None else np.ones(n, np.int64))
+            ids = self.user_features[users[known], j - 1] if j else users[known]
+            values.append(ids.astype(np.int64))
+            lengths.append(known.astype(np.int64))
         if items is None:
             values += [np.zeros(0, np.int64)] * 2
             lengths += [np.zeros(n, np.int64)] * 2
