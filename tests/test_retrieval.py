@@ -14,7 +14,7 @@ from conftest import ROOT, run_cli
 from torchrec_models.config import ConfigError, load_config
 from torchrec_models.retrieval.metrics import Pairs, metric_names, popularity_scores, ranking_sums
 from torchrec_models.retrieval.movielens import MovieLensDataError, read_movielens
-from torchrec_models.retrieval.preprocess import SplitOptions, preprocess_movielens, time_split
+from torchrec_models.retrieval.preprocess import preprocess_movielens, time_split
 
 PRESET = ROOT / "configs" / "two_tower_movielens.toml"
 GENRES = ["Action", "Comedy", "Drama"]

@@ -18,6 +18,9 @@ from torchrec_models.config import ModelConfig
 from torchrec_models.sharding.tables import embedding_bag_configs
 
 
+DENSE_PARTS = ("dense_arch", "inter_arch", "over_arch")
+
+
 class RankingModel(nn.Module):
     """Wraps a DLRM-family module: batch in, (loss, (loss, logits, labels)) out.
 
@@ -70,8 +73,6 @@ def set_output_bias(model: RankingModel, label_rate: float) -> None:
     with torch.no_grad():
         last.bias.fill_(math.log(rate / (1 - rate)))
 
-
-DENSE_PARTS = ("dense_arch", "inter_arch", "over_arch")
 
 
 def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: torch.device) -> DLRM:
