@@ -230,12 +230,13 @@ def _score(args: argparse.Namespace) -> int:
     from torchrec_models.data.source import make_source
     from torchrec_models.serving.export import find_checkpoint
     from torchrec_models.serving.scoring import score_worker, scoring_config
+    from torchrec_models.tasks import task_for
 
     checkpoint = find_checkpoint(args.checkpoint)
     cfg = scoring_config(checkpoint, args.data)
-    if cfg.model.arch == "two_tower" and args.command == "predict":
-        raise ConfigError("predict", "scores rows for a ranker; for a two_tower checkpoint use `evaluate` "
-                          "(recall / NDCG) and `export` (the item vectors)", where="command")
+    if args.command == "predict" and not task_for(cfg).predicts_rows:
+        raise ConfigError("predict", f"scores rows for a ranker; for a {cfg.model.arch} checkpoint use "
+                          "`evaluate` (its metrics) and `export` (its vectors)", where="command")
     make_source(cfg)  # a bad --data stops here, naming the file
     out = str(args.out) if args.out else None
     code, result = _run_ranks(score_worker, (args.command, str(checkpoint), str(args.data), out),

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from torchrec_models.config import ModelConfig
-from torchrec_models.models.dlrm import RankingModel, build_ranker, set_output_bias
+from torchrec_models.models.dlrm import RankingModel, set_output_bias
 
 
 def build_model(
@@ -15,12 +15,11 @@ def build_model(
     autocast_dtype: torch.dtype | None = None,
     table_device: torch.device | str = "meta",
 ) -> nn.Module:
-    """The model ``cfg.arch`` names: tables on ``table_device``, the dense part seeded on ``dense_device``."""
-    if cfg.arch == "two_tower":
-        from torchrec_models.retrieval.model import build_two_tower
+    """The model ``cfg.arch`` names (its task builds it): tables on ``table_device``, the dense
+    part seeded on ``dense_device``."""
+    from torchrec_models.tasks import task_for_arch
 
-        return build_two_tower(cfg, dense_device, seed, table_device)
-    return build_ranker(cfg, dense_device, seed, autocast_dtype, table_device)
+    return task_for_arch(cfg.arch).build_model(cfg, dense_device, seed, autocast_dtype, table_device)
 
 
 def compile_dense_parts(model: nn.Module) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchrec_models.config import Config
 from torchrec_models.models import build_model
 from torchrec_models.train.best import BEST_DIR
 from torchrec_models.train.outputs import write_atomically, write_npy
@@ -52,8 +53,10 @@ def export_checkpoint(path: Path, out: Path) -> Path:
     model = load_unsharded(checkpoint)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     write_atomically(out, lambda tmp: torch.save(state, tmp))
-    if manifest_config(read_manifest(checkpoint), checkpoint).model.arch == "two_tower":
-        export_item_vectors(model, checkpoint, out)
+    from torchrec_models.tasks import task_for
+
+    cfg = manifest_config(read_manifest(checkpoint), checkpoint)
+    task_for(cfg).export_extras(model, cfg, out)
     return checkpoint
 
 
@@ -64,12 +67,11 @@ def item_vector_paths(out: Path) -> tuple[Path, Path]:
 
 
 @torch.no_grad()
-def export_item_vectors(model: torch.nn.Module, checkpoint: Path, out: Path) -> None:
+def export_item_vectors(model: torch.nn.Module, cfg: Config, out: Path) -> None:
     """Every item's vector (row i = item index i) and the raw ids, for an ANN index; read from the
     run's ``data.path`` (its item features)."""
     from torchrec_models.retrieval.source import MovieLensSource
 
-    cfg = manifest_config(read_manifest(checkpoint), checkpoint)
     source = MovieLensSource(cfg)
     model.eval()
     items = np.arange(source.num_items)

@@ -8,7 +8,6 @@ read whole, in file order, each row once: ``evaluate`` reports AUC, NE and loglo
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +22,10 @@ from torchrec_models.train.outputs import write_atomically, write_npy
 
 def scoring_config(checkpoint: Path, data_dir: Path) -> Config:
     """The checkpoint's run config, reading ``data_dir`` whole as its held-out set."""
+    from torchrec_models.tasks import task_for
+
     cfg = manifest_config(read_manifest(checkpoint), checkpoint)
-    if cfg.model.arch == "two_tower":  # its tables must be the data's: the config check compares them
-        return replace(cfg, data=replace(cfg.data, path=str(data_dir)),
-                       train=replace(cfg.train, epochs=0, profile_dir=""))
-    data = replace(cfg.data, kind="criteo", path=str(data_dir), eval_path=str(data_dir), eval_fraction=0.0,
-                   shuffle=False)
-    train = replace(cfg.train, eval_steps=0, epochs=0, profile_dir="")
-    return replace(cfg, data=data, train=train)
+    return task_for(cfg).scoring_config(cfg, data_dir)
 
 
 @torch.no_grad()

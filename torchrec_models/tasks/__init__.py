@@ -6,15 +6,28 @@ family is one module here implementing :class:`Task`, an entry in ``task_for`` a
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
-from torchrec_models.config import Config
+from torchrec_models.config import Config, ModelConfig
 
 
 class Task(Protocol):
     default_metric: str  # what "best evaluation" means unless train.best_metric says otherwise
+    predicts_rows: bool  # whether ``predict`` (one score per data row) applies
+
+    def build_model(self, cfg: ModelConfig, dense_device: torch.device, seed: int,
+                    autocast_dtype: torch.dtype | None, table_device: torch.device | str) -> nn.Module:
+        """Tables on ``table_device`` (meta: the sharder materializes shards), dense part seeded."""
+
+    def scoring_config(self, cfg: Config, data_dir: Path) -> Config:
+        """A checkpoint's run config, set to evaluate (or predict) the data in ``data_dir``."""
+
+    def export_extras(self, model: nn.Module, cfg: Config, out: Path) -> None:
+        """Files ``export`` writes beside the state dict (none, or e.g. item vectors)."""
 
     def lower_is_better(self, metric: str) -> bool: ...
 
@@ -31,11 +44,16 @@ class Task(Protocol):
         """What a user must not miss about the final model."""
 
 
-def task_for(cfg: Config) -> Task:
-    if cfg.model.arch == "two_tower":
+def task_for_arch(arch: str) -> Task:
+    """The one place that maps a ``model.arch`` to its family."""
+    if arch == "two_tower":
         from torchrec_models.tasks.retrieval import RetrievalTask
 
         return RetrievalTask()
     from torchrec_models.tasks.ranking import RankingTask
 
     return RankingTask()
+
+
+def task_for(cfg: Config) -> Task:
+    return task_for_arch(cfg.model.arch)

@@ -1,13 +1,15 @@
 """Ranking (DLRM, DCNv2, projection): click probability; AUC, NE and logloss on held-out examples."""
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchrec_models.config import Config
-from torchrec_models.models import set_output_bias
+from torchrec_models.config import Config, ModelConfig
+from torchrec_models.models.dlrm import build_ranker, set_output_bias
 from torchrec_models.train.metrics import EvalMetrics
 
 METRICS = ("auc", "ne", "logloss")
@@ -15,6 +17,20 @@ METRICS = ("auc", "ne", "logloss")
 
 class RankingTask:
     default_metric = "ne"
+    predicts_rows = True
+
+    def build_model(self, cfg: ModelConfig, dense_device: torch.device, seed: int,
+                    autocast_dtype: torch.dtype | None, table_device: torch.device | str) -> nn.Module:
+        return build_ranker(cfg, dense_device, seed, autocast_dtype, table_device)
+
+    def scoring_config(self, cfg: Config, data_dir: Path) -> Config:
+        """Preprocessed Criteo data read whole, in file order, as the held-out set."""
+        data = replace(cfg.data, kind="criteo", path=str(data_dir), eval_path=str(data_dir), eval_fraction=0.0,
+                       shuffle=False)
+        return replace(cfg, data=data, train=replace(cfg.train, eval_steps=0, epochs=0, profile_dir=""))
+
+    def export_extras(self, model: nn.Module, cfg: Config, out: Path) -> None:
+        return None
 
     def lower_is_better(self, metric: str) -> bool:
         return metric in ("ne", "logloss")

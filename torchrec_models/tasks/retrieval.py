@@ -2,6 +2,8 @@
 whole item corpus, with a most-popular ranking on the same split beside them."""
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,8 +11,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from torchrec_models.config import Config
+from torchrec_models.config import Config, ModelConfig
 from torchrec_models.retrieval.metrics import metric_names, popularity_scores, ranking_sums
+from torchrec_models.retrieval.model import build_two_tower
 
 BLOCK_USERS = 1024  # users scored against the corpus at a time: memory is this x items scores
 
@@ -36,6 +39,22 @@ def _padded_chunks(ids: np.ndarray, size: int, steps: int) -> list[np.ndarray]:
 
 class RetrievalTask:
     default_metric = "recall_at_100"
+    predicts_rows = False  # its outputs are rankings (evaluate) and item vectors (export)
+
+    def build_model(self, cfg: ModelConfig, dense_device: torch.device, seed: int,
+                    autocast_dtype: torch.dtype | None, table_device: torch.device | str) -> nn.Module:
+        return build_two_tower(cfg, dense_device, seed, table_device)
+
+    def scoring_config(self, cfg: Config, data_dir: Path) -> Config:
+        """The data directory's test users against its corpus; its tables must be the checkpoint's
+        (the config check compares them)."""
+        return replace(cfg, data=replace(cfg.data, path=str(data_dir)),
+                       train=replace(cfg.train, epochs=0, profile_dir=""))
+
+    def export_extras(self, model: nn.Module, cfg: Config, out: Path) -> None:
+        from torchrec_models.serving.export import export_item_vectors
+
+        export_item_vectors(model, cfg, out)
 
     def lower_is_better(self, metric: str) -> bool:
         return False
