@@ -59,6 +59,7 @@ class MovieLensSource:
         self.train_user, self.train_item = load("train_user"), load("train_item")
         self.user_features = load("user_features")
         self.genre_offsets, self.genre_values = load("item_genre_offsets"), load("item_genre_values")
+        self.genre_counts = np.diff(self.genre_offsets)
         self.num_users, self.num_items = self.meta["users"], self.meta["items"]
         self.test = Pairs.group(load("test_user"), load("test_item"), self.num_users)
         self.seen = Pairs.group(load("seen_user"), load("seen_item"), self.num_users)
@@ -76,9 +77,6 @@ class MovieLensSource:
         """``model.extra_negatives`` items drawn uniformly for ``step``: the same on every rank."""
         rng = np.random.default_rng((self.seed, step, NEGATIVES_STREAM))
         return rng.integers(0, self.num_items, self.extra_negatives)
-
-    def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
-        raise NotImplementedError("retrieval is evaluated against the whole corpus (RetrievalTask.evaluate)")
 
     def train_examples(self) -> int | None:
         return len(self.train_user)
@@ -117,10 +115,15 @@ class MovieLensSource:
             values += [np.zeros(0, np.int64)] * 2
             lengths += [np.zeros(n, np.int64)] * 2
         else:
-            starts, stops = self.genre_offsets[items], self.genre_offsets[items + 1]
-            genre_ids = np.concatenate([self.genre_values[a:b] for a, b in zip(starts, stops)])
-            values += [items, genre_ids]
-            lengths += [np.ones(n, np.int64), stops - starts]
+            starts, counts = self.genre_offsets[items], self.genre_counts[items]
+            values += [items, self.genre_values[_ranges(starts, counts)]]
+            lengths += [np.ones(n, np.int64), counts]
         return KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys, values=torch.as_tensor(np.concatenate(values), dtype=torch.long),
             lengths=torch.as_tensor(np.concatenate(lengths), dtype=torch.long))
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + c)`` for each (s, c), without a Python loop."""
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    return np.arange(int(counts.sum())) - first + np.repeat(starts, counts)

@@ -12,8 +12,6 @@ from torchrec_models.config import Config, ModelConfig
 from torchrec_models.models.dlrm import build_ranker, set_output_bias
 from torchrec_models.train.metrics import EvalMetrics
 
-METRICS = ("auc", "ne", "logloss")
-
 
 class RankingTask:
     default_metric = "ne"

@@ -41,6 +41,9 @@ class RetrievalTask:
     default_metric = "recall_at_100"
     predicts_rows = False  # its outputs are rankings (evaluate) and item vectors (export)
 
+    def __init__(self) -> None:
+        self._popular_sums: np.ndarray | None = None  # this rank's baseline sums: fixed by the split
+
     def build_model(self, cfg: ModelConfig, dense_device: torch.device, seed: int,
                     autocast_dtype: torch.dtype | None, table_device: torch.device | str) -> nn.Module:
         return build_two_tower(cfg, dense_device, seed, table_device)
@@ -89,9 +92,10 @@ class RetrievalTask:
         index = {int(u): i for i, u in enumerate(users)}
         model_sums = ranking_sums(users, lambda chunk: user_vectors[[index[int(u)] for u in chunk]] @ items.T,
                                   source.test, source.seen, block=BLOCK_USERS)
-        popular = ranking_sums(users, popularity_scores(source.train_item, source.num_items), source.test,
-                               source.seen, block=BLOCK_USERS)
-        totals = _all_reduce(np.concatenate([model_sums, popular, [len(users)]]), env.device)
+        if self._popular_sums is None:
+            self._popular_sums = ranking_sums(users, popularity_scores(source.train_item, source.num_items),
+                                              source.test, source.seen, block=BLOCK_USERS)
+        totals = _all_reduce(np.concatenate([model_sums, self._popular_sums, [len(users)]]), env.device)
         count, names = totals[-1], metric_names()
         result: dict[str, Any] = {name: float(v / count) for name, v in zip(names, totals[:len(names)])}
         result["popularity_baseline"] = {n: float(v / count) for n, v in zip(names, totals[len(names):-1])}
