@@ -38,6 +38,8 @@ def cpu() -> list[Row]:
     ]
     rows += [_row(f"criteo/ws{ws}/{p}/compiled", CRITEO, f"train.precision={p}", "train.compile=true",
                   world_size=ws, sharding="planner", lever="compile") for ws in (2, 1) for p in ("fp32", "bf16")]
+    rows += [_row(f"criteo/ws{ws}/{p}/fbgemm_update", CRITEO, f"train.precision={p}", "train.cpu_table_update=fbgemm",
+                  world_size=ws, sharding="planner", lever="cpu_table_update") for ws in (2, 1) for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]
     rows += [_row(f"criteo/ws2/fp32/table_wise/adagrad/{k}_kernel", CRITEO, "sharding.type=table_wise",
                   f"sharding.kernel={k}", "train.embedding_optimizer=adagrad", world_size=2, sharding="table_wise")
@@ -65,6 +67,8 @@ def baseline() -> list[Row]:
         _row("embedding_heavy/ws1/fp32/sgd", CRITEO, *EMBEDDING_HEAVY, *SGD, world_size=1),
         _row("embedding_heavy/ws1/fp32/rowwise_adagrad", CRITEO, *EMBEDDING_HEAVY, "train.dense_optimizer=sgd",
              world_size=1),
+        _row("embedding_heavy/ws1/fp32/rowwise_adagrad/fbgemm_update", CRITEO, *EMBEDDING_HEAVY,
+             "train.dense_optimizer=sgd", "train.cpu_table_update=fbgemm", world_size=1, lever="cpu_table_update"),
     ]
 
 
