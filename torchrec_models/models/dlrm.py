@@ -1,4 +1,5 @@
-"""DLRM, DLRM-DCNv2 and DLRM-Projection from torchrec.models.dlrm, wrapped for training.
+"""DLRM, DLRM-DCNv2 and DLRM-Projection from torchrec.models.dlrm, wrapped for training, with two
+faster parts of the same function (the sparse arch without a copy, the symmetric interaction).
 
 Tables are built on the meta device (the sharder materializes only each rank's shards);
 the dense part is built on the training device from a seeded generator, so the same
@@ -15,6 +16,8 @@ from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_models.config import ModelConfig
+from torchrec_models.models.interaction import SymmetricInteractionArch
+from torchrec_models.models.sparse_stack import StackedSparseArch
 from torchrec_models.sharding.tables import embedding_bag_configs
 
 
@@ -84,11 +87,15 @@ def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: tor
         dense_device=dense_device,
     )
     if cfg.arch == "dcn":
-        return DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
-    if cfg.arch == "projection":
-        return DLRM_Projection(
+        dlrm = DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
+    elif cfg.arch == "projection":
+        dlrm = DLRM_Projection(
             **common,
             interaction_branch1_layer_sizes=list(cfg.projection_branch1),
             interaction_branch2_layer_sizes=list(cfg.projection_branch2),
         )
-    return DLRM(**common)
+    else:
+        dlrm = DLRM(**common)
+        dlrm.inter_arch = SymmetricInteractionArch(dlrm.inter_arch.F, dense_device)
+    dlrm.sparse_arch = StackedSparseArch(ebc)
+    return dlrm

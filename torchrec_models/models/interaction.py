@@ -1,0 +1,66 @@
+"""DLRM's dot interaction with a backward that uses the symmetry of the dot products.
+
+``X X^T`` is symmetric, so its gradient through X is ``(G + G^T) X``: one batched matmul
+instead of the two (and the sum) autograd makes of ``bmm(X, X^T)``, and the gradient of the kept
+upper triangle is written straight into ``G + G^T`` instead of being scattered into a zero
+matrix first. Forward values are those of torchrec's ``InteractionArch``; fp32 gradients agree to
+rounding (the sum happens before the matmul instead of after).
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torchrec.models.dlrm import InteractionArch
+
+
+def _pair_positions(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions in an n x n matrix of the upper triangle (row < col), and of both triangles."""
+    rows, cols = torch.triu_indices(n, n, offset=1, device=device)
+    upper = rows * n + cols
+    return upper, torch.cat([upper, cols * n + rows])
+
+
+class _PairwiseDots(torch.autograd.Function):
+    """[B, N, D] -> [B, N(N-1)/2]: the dot product of every pair of the N vectors (row < col)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, upper: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, both)
+        dots = torch.bmm(x, x.transpose(1, 2))
+        return dots.view(x.size(0), -1).index_select(1, upper)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        x, both = ctx.saved_tensors
+        n = x.size(1)
+        symmetric = grad.new_zeros(x.size(0), n * n)
+        symmetric.index_copy_(1, both, torch.cat([grad, grad], dim=1))
+        return torch.bmm(symmetric.view(-1, n, n), x.to(grad.dtype)), None, None
+
+
+def dot_interaction(dense: torch.Tensor, sparse: torch.Tensor, upper: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
+    """[dense, pairwise dots of (dense, sparse...)]; under autocast the dots run in its dtype."""
+    combined = torch.cat((dense.unsqueeze(1), sparse.to(dense.dtype)), dim=1)
+    device_type = combined.device.type
+    if torch.is_autocast_enabled(device_type):
+        combined = combined.to(torch.get_autocast_dtype(device_type))
+    dots = _PairwiseDots.apply(combined, upper, both)
+    return torch.cat((dense, dots.to(dense.dtype)), dim=1)
+
+
+torch.fx.wrap("dot_interaction")  # a leaf for the pipeline's symbolic trace
+
+
+class SymmetricInteractionArch(InteractionArch):
+    """torchrec's ``InteractionArch`` (same outputs, no parameters) with the symmetric backward."""
+
+    def __init__(self, num_sparse_features: int, device: torch.device | str | None = None) -> None:
+        super().__init__(num_sparse_features)
+        upper, both = _pair_positions(num_sparse_features + 1, torch.device(device or "cpu"))
+        self.register_buffer("pair_upper", upper, persistent=False)
+        self.register_buffer("pair_both", both, persistent=False)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        if self.F <= 0:
+            return dense_features
+        return dot_interaction(dense_features, sparse_features, self.pair_upper, self.pair_both)
