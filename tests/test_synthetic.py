@@ -6,7 +6,7 @@ import torch
 
 from conftest import TINY
 from torchrec_models.config import load_config
-from torchrec_models.data.hashing import fmix32, hash_coords
+from torchrec_models.data.hashing import extend_hash, fmix32, hash_coords
 from torchrec_models.data.synthetic import EVAL_STREAM, SyntheticData, SyntheticSpec
 
 
@@ -26,6 +26,26 @@ def test_hash_matches_plain_python_arithmetic() -> None:
     values = [0, 1, 2, 12345, 0x7FFFFFFF, 0xDEADBEEF, 0xFFFFFFFF]
     got = fmix32(torch.tensor(values, dtype=torch.int64)).tolist()
     assert got == [_fmix32_reference(v) for v in values]
+
+
+def _hash_reference(*coords: int) -> int:
+    """hash_coords folded in plain Python integers."""
+    h = None
+    for c in coords:
+        c &= 0xFFFFFFFF
+        h = _fmix32_reference(c ^ 0x5BD1E995) if h is None else _fmix32_reference((h * 0x9E3779B1 + c) & 0xFFFFFFFF)
+    return h
+
+
+def test_tensor_hashes_match_plain_python_over_the_whole_int64_range() -> None:
+    """The tensor path mixes int32 bit patterns with wrapping products: same bits as exact arithmetic."""
+    values = [0, 1, 7, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 2**40 + 3, 2**62 + 11, -1, -5, -(2**35)]
+    x = torch.tensor(values, dtype=torch.int64)
+    assert hash_coords(x).tolist() == [_hash_reference(v) for v in values]
+    assert hash_coords(3, x, 2**33 + 9).tolist() == [_hash_reference(3, v, 2**33 + 9) for v in values]
+    assert extend_hash(hash_coords(5, x), x).tolist() == [_hash_reference(5, v, v) for v in values]
+    grid = hash_coords(x[:, None], x[None, :])
+    assert grid[3, 9].item() == _hash_reference(values[3], values[9])
 
 
 def test_slices_compose_into_the_global_batch() -> None:

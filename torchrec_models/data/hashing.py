@@ -2,7 +2,8 @@
 
 Any slice of a global batch can then be generated on its own, bit-identical to the same
 rows of the whole batch, which is what lets each rank make exactly its slice.
-All arithmetic stays below 2**63 in int64, so it is exact on every device.
+The mixing runs on int32 bit patterns (products wrap mod 2**32, as two's complement
+arithmetic does on every torch device), half the bytes of int64 and a third of its operations.
 """
 from __future__ import annotations
 
@@ -11,19 +12,36 @@ import torch
 MASK32 = 0xFFFFFFFF
 
 
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
-    """(h * c) mod 2**32 for h < 2**32, split so no product leaves int64."""
-    high = ((h * (c >> 16)) & 0xFFFF) << 16
-    return (high + h * (c & 0xFFFF)) & MASK32
+def _signed32(c: int) -> int:
+    """The int32 with the bit pattern of the 32-bit value ``c``."""
+    c &= MASK32
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+_C1, _C2, _GOLDEN = _signed32(0x85EBCA6B), _signed32(0xC2B2AE35), _signed32(0x9E3779B1)
+
+
+def _as_bits32(c: torch.Tensor) -> torch.Tensor:
+    """int32 tensor with the bit pattern of each value mod 2**32 (int64 -> int32 keeps the low 32 bits)."""
+    return c if c.dtype == torch.int32 else c.to(torch.int64).to(torch.int32)
+
+
+def _fmix32_bits(h: torch.Tensor) -> torch.Tensor:
+    """fmix32 on int32 bit patterns: products wrap mod 2**32, shifts are made logical by a mask."""
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _C1
+    h = h ^ ((h >> 13) & 0x7FFFF)
+    h = h * _C2
+    return h ^ ((h >> 16) & 0xFFFF)
+
+
+def _unsigned(h: torch.Tensor) -> torch.Tensor:
+    return h.to(torch.int64) & MASK32
 
 
 def fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finalizer: an invertible mixing of 32-bit values."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
+    """MurmurHash3's 32-bit finalizer: an invertible mixing of 32-bit values (returned as int64)."""
+    return _unsigned(_fmix32_bits(_as_bits32(torch.as_tensor(h))))
 
 
 def _fmix32_int(h: int) -> int:
@@ -36,40 +54,47 @@ def _fmix32_int(h: int) -> int:
 
 
 def hash_coords(*coords: torch.Tensor | int) -> torch.Tensor:
-    """A 32-bit hash of broadcastable integer coordinates (each reduced mod 2**32).
+    """A 32-bit hash (int64 in [0, 2**32)) of broadcastable integer coordinates, each reduced mod 2**32.
 
     Leading plain ints are folded in Python first, so the tensor work is one round per
     tensor coordinate; the result is the same as folding everything as tensors.
     """
-    h: torch.Tensor | int | None = None
-    for c in coords:
-        if isinstance(c, int) and (h is None or isinstance(h, int)):
-            c &= MASK32
-            h = _fmix32_int(c ^ 0x5BD1E995) if h is None else _fmix32_int(((h * 0x9E3779B1) + c) & MASK32)
-            continue
-        c = torch.as_tensor(c, dtype=torch.int64) & MASK32
-        if h is None:
-            h = fmix32(c ^ 0x5BD1E995)
-        elif isinstance(h, int):
-            h = fmix32((c + ((h * 0x9E3779B1) & MASK32)) & MASK32)
-        else:
-            h = fmix32((_mul32(h, 0x9E3779B1) + c) & MASK32)
+    h: int | None = None
+    for i, c in enumerate(coords):
+        if not isinstance(c, int):
+            tensor = torch.as_tensor(c)
+            if h is None:
+                bits = _fmix32_bits(_as_bits32(tensor) ^ _signed32(0x5BD1E995))
+            else:
+                bits = _fmix32_bits(_as_bits32(tensor) + _signed32(h * 0x9E3779B1))
+            return _unsigned(_fold(bits, coords[i + 1:]))
+        c &= MASK32
+        h = _fmix32_int(c ^ 0x5BD1E995) if h is None else _fmix32_int(((h * 0x9E3779B1) + c) & MASK32)
     assert h is not None
-    return torch.as_tensor(h, dtype=torch.int64)
+    return torch.tensor(h, dtype=torch.int64)
+
+
+def _fold(bits: torch.Tensor, coords) -> torch.Tensor:
+    for c in coords:
+        c = torch.as_tensor(c, device=bits.device)
+        bits = _fmix32_bits(bits * _GOLDEN + _as_bits32(c))
+    return bits
 
 
 def extend_hash(h: torch.Tensor, *coords: torch.Tensor | int) -> torch.Tensor:
     """Folds more coordinates into hashes: ``extend_hash(hash_coords(a, b), c) == hash_coords(a, b, c)``,
     so a hash of leading coordinates can be computed once and gathered or broadcast before the rest."""
-    for c in coords:
-        c = torch.as_tensor(c, dtype=torch.int64, device=h.device) & MASK32
-        h = fmix32((_mul32(h, 0x9E3779B1) + c) & MASK32)
-    return h
+    return _unsigned(_fold(_as_bits32(h), coords))
 
 
 def to_uniform(h: torch.Tensor) -> torch.Tensor:
-    """Uniform floats in (0, 1), 24-bit resolution, from 32-bit hashes."""
-    return ((h >> 8).double() + 0.5) / float(1 << 24)
+    """Uniform floats in (0, 1), 24-bit resolution, from 32-bit hashes (int64 values or int32 bit patterns)."""
+    return (((h >> 8) & 0xFFFFFF).double() + 0.5) / float(1 << 24)
+
+
+def uniform_extended(h: torch.Tensor, *coords: torch.Tensor | int) -> torch.Tensor:
+    """``to_uniform(extend_hash(h, *coords))`` without widening the hashes to int64 in between."""
+    return to_uniform(_fold(_as_bits32(h), coords))
 
 
 def uniform(*coords: torch.Tensor | int) -> torch.Tensor:

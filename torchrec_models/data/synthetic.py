@@ -16,7 +16,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import Config, feature_names
-from torchrec_models.data.hashing import extend_hash, hash_coords, to_uniform, uniform
+from torchrec_models.data.hashing import hash_coords, uniform, uniform_extended
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 _ID_SCRAMBLE = 2654435761  # prime; makes hot ids land anywhere in a table
@@ -73,7 +73,8 @@ class SyntheticData:
         if sum(rows) > _MAX_SCORE_TABLE_ROWS:
             return None, None
         offsets = torch.tensor([0] + rows[:-1], device=self.device).cumsum(0)
-        table = torch.cat([uniform(self.spec.seed, 3, f, torch.arange(n, device=self.device)) * 2.0 - 1.0
+        # float32 holds these scores exactly ((2k + 1 - 2**24) / 2**24), in half the bytes to gather from
+        table = torch.cat([(uniform(self.spec.seed, 3, f, torch.arange(n, device=self.device)) * 2.0 - 1.0).float()
                            for f, n in enumerate(rows)])
         return table, offsets
 
@@ -96,8 +97,8 @@ class SyntheticData:
         gathered to its slots), in a few dozen tensor ops instead of a few dozen per pooling size."""
         layout = self._slots
         per_feature = hash_coords(*key, 2, layout.features[None, :], rows[:, None])  # [rows, features], layout order
-        per_slot = per_feature.repeat_interleave(layout.feature_slots, dim=1)
-        u = to_uniform(extend_hash(per_slot, layout.slot_index[None, :]))
+        per_slot = per_feature.to(torch.int32).repeat_interleave(layout.feature_slots, dim=1)  # same 32 bits
+        u = uniform_extended(per_slot, layout.slot_index[None, :])
         ids = self._zipf_ids(u, layout.slot_rows[None, :])  # [rows, slots], slots grouped by pooling size
         id_scores = self._id_scores(layout.slot_feature[None, :], ids)
         scores = torch.empty(len(rows), len(self.keys), dtype=torch.float64, device=self.device)
@@ -148,7 +149,8 @@ class SyntheticData:
         """The teacher's score in [-1, 1) of each id: looked up where the tables are small, else hashed."""
         if self._score_table is None:
             return uniform(self.spec.seed, 3, f, ids) * 2.0 - 1.0
-        return torch.take(self._score_table, self._score_offsets[f] + ids)
+        flat = (self._score_offsets[f] + ids).reshape(-1)
+        return self._score_table.index_select(0, flat).view(ids.shape).double()
 
     def _zipf_ids(self, u: torch.Tensor, n_rows: torch.Tensor) -> torch.Tensor:
         """Inverse-CDF draw from a continuous power law over [1, n+1), then a fixed scramble."""
