@@ -69,7 +69,10 @@ def train_flops_per_example(m: ModelConfig, candidates: int = 0) -> int:
     if m.arch == "two_tower":
         return 3 * sum(forward_flops(m, candidates).values())
     unneeded_input_grad = 2 * m.dense_in_features * m.bottom_mlp[0]
-    return 3 * sum(forward_flops(m).values()) - unneeded_input_grad
+    parts = forward_flops(m)
+    # The dot interaction's gradient is one matmul by the symmetric (G + G^T), not two.
+    symmetric_backward = parts["interaction"] if m.arch == "dlrm" else 0
+    return 3 * sum(parts.values()) - unneeded_input_grad - symmetric_backward
 
 
 def embedding_bytes_per_example(cfg: Config, embedding_dtype: str = "fp32") -> int:

@@ -36,9 +36,10 @@ def test_flops_of_a_small_dlrm_by_hand() -> None:
                              "model.top_mlp=[5, 1]"])
     # bottom: 3->8->4: 2*(3*8 + 8*4) = 112; interaction: 3 vectors of 4: bmm 2*3*3*4 = 72;
     # top input: 4 + 2*3/2 = 7: 2*(7*5 + 5*1) = 80. Training = 3 x forward, less the dense
-    # features' gradient through the first layer (2*3*8 = 48).
+    # features' gradient through the first layer (2*3*8 = 48) and one of the interaction's two
+    # backward matmuls (its gradient is one product by the symmetric G + G^T: 72).
     assert forward_flops(cfg.model) == {"bottom_mlp": 112, "interaction": 72, "top_mlp": 80}
-    assert train_flops_per_example(cfg.model) == 3 * 264 - 48
+    assert train_flops_per_example(cfg.model) == 3 * 264 - 48 - 72
     # 4 ids x (3 row passes x 4 floats x 4 B + 8 B of row-wise Adagrad state) = 4 x 56.
     assert embedding_bytes_per_example(cfg) == 224
 
