@@ -75,6 +75,7 @@ def hash_coords(*coords: torch.Tensor | int) -> torch.Tensor:
 
 
 def _fold(bits: torch.Tensor, coords) -> torch.Tensor:
+    """One mixing round per coordinate, on int32 bit patterns."""
     for c in coords:
         c = torch.as_tensor(c, device=bits.device)
         bits = _fmix32_bits(bits * _GOLDEN + _as_bits32(c))
