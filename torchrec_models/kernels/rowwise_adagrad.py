@@ -10,6 +10,7 @@ CUDA tables keep FBGEMM's kernels.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -34,7 +35,8 @@ def _build() -> None:
 
     if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    cpp_extension.load(name="torchrec_models_rowwise_adagrad", sources=[str(SOURCE)],
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]  # one build (and folder) per source
+    cpp_extension.load(name=f"torchrec_models_rowwise_adagrad_{digest}", sources=[str(SOURCE)],
                        extra_cflags=["-O3"], is_python_module=False, verbose=False)
 
 

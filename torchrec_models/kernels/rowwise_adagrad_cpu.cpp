@@ -87,20 +87,25 @@ struct Update {
   float lr;
   float eps;
 
-  // Payload of an id: the offset of the pooled gradient it reads, or its position when bags
-  // are weighted or averaged (then scale[position] multiplies that gradient).
-  void table(const TableGroup& group) const {
-    const int64_t f0 = group.first_feature;
-    const int64_t D = D_offsets[f0 + 1] - D_offsets[f0];
-    const bool scaled = indice_weights != nullptr || pooling_mode == kPoolingMean;
-    const int64_t n = offsets[group.end_feature * B] - offsets[f0 * B];
+  // The ids of one table, sorted by row. Payload of an id: the offset of the pooled gradient it
+  // reads, or its position when bags are weighted or averaged (then scale[position] multiplies
+  // the gradient at grad_row[position]).
+  struct Ids {
     std::vector<int64_t> rows, payload, grad_row;
     std::vector<float> scale;
-    rows.reserve(n);
-    payload.reserve(n);
-    if (scaled) {
-      grad_row.reserve(n);
-      scale.reserve(n);
+    bool scaled;
+  };
+
+  Ids collect(const TableGroup& group) const {
+    const int64_t f0 = group.first_feature;
+    const int64_t n = offsets[group.end_feature * B] - offsets[f0 * B];
+    Ids ids;
+    ids.scaled = indice_weights != nullptr || pooling_mode == kPoolingMean;
+    ids.rows.reserve(n);
+    ids.payload.reserve(n);
+    if (ids.scaled) {
+      ids.grad_row.reserve(n);
+      ids.scale.reserve(n);
     }
     for (int64_t f = f0; f < group.end_feature; ++f) {
       for (int64_t b = 0; b < B; ++b) {
@@ -111,38 +116,50 @@ struct Update {
           TORCH_CHECK(row >= 0 && row < group.hash_size, "embedding index ", row, " of feature ", f,
                       " is outside its table of ", group.hash_size, " rows");
           const int64_t src = b * grad_stride + D_offsets[f];
-          payload.push_back(scaled ? static_cast<int64_t>(rows.size()) : src);
-          rows.push_back(row);
-          if (scaled) {
-            grad_row.push_back(src);
-            scale.push_back(indice_weights ? indice_weights[i] : mean);
+          ids.payload.push_back(ids.scaled ? static_cast<int64_t>(ids.rows.size()) : src);
+          ids.rows.push_back(row);
+          if (ids.scaled) {
+            ids.grad_row.push_back(src);
+            ids.scale.push_back(indice_weights ? indice_weights[i] : mean);
           }
         }
       }
     }
-    sort_by_row(rows, payload, group.hash_size - 1);
+    sort_by_row(ids.rows, ids.payload, group.hash_size - 1);
+    return ids;
+  }
+
+  // Adds the gradient of sorted id i to g.
+  void add_gradient(const Ids& ids, size_t i, float* g, int64_t D) const {
+    const int64_t p = ids.payload[i];
+    if (ids.scaled) {
+      const grad_t* src = grad_output + ids.grad_row[p];
+      for (int64_t d = 0; d < D; ++d) g[d] += static_cast<float>(src[d]) * ids.scale[p];
+    } else {
+      const grad_t* src = grad_output + p;
+      for (int64_t d = 0; d < D; ++d) g[d] += static_cast<float>(src[d]);
+    }
+  }
+
+  void table(const TableGroup& group) const {
+    const int64_t f0 = group.first_feature;
+    const int64_t D = D_offsets[f0 + 1] - D_offsets[f0];
+    const Ids ids = collect(group);
     std::vector<float> g(D);
     weight_t* table_weights = weights + weights_offsets[f0];
     float* table_momentum = momentum + momentum_offsets[f0];
-    constexpr size_t kAhead = 16;
-    const size_t count = rows.size();
+    constexpr size_t kAhead = 16;  // rows of weights prefetched ahead of the update
+    const size_t count = ids.rows.size();
     for (size_t i = 0; i < count;) {
-      const int64_t row = rows[i];
+      const int64_t row = ids.rows[i];
       std::fill(g.begin(), g.end(), 0.0f);
-      for (; i < count && rows[i] == row; ++i) {
+      for (; i < count && ids.rows[i] == row; ++i) {
         if (i + kAhead < count) {
-          const char* next = reinterpret_cast<const char*>(table_weights + rows[i + kAhead] * D);
+          const char* next = reinterpret_cast<const char*>(table_weights + ids.rows[i + kAhead] * D);
           for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(weight_t)); byte += 64)
             __builtin_prefetch(next + byte, 1);
         }
-        const int64_t p = payload[i];
-        if (scaled) {
-          const grad_t* src = grad_output + grad_row[p];
-          for (int64_t d = 0; d < D; ++d) g[d] += static_cast<float>(src[d]) * scale[p];
-        } else {
-          const grad_t* src = grad_output + p;
-          for (int64_t d = 0; d < D; ++d) g[d] += static_cast<float>(src[d]);
-        }
+        add_gradient(ids, i, g.data(), D);
       }
       const float h = table_momentum[row] + sum_of_squares(g.data(), D) / D;
       table_momentum[row] = h;
