@@ -13,9 +13,9 @@ import torch.fx
 from torchrec.models.dlrm import InteractionArch
 
 
-def _pair_positions(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat positions in an n x n matrix of the upper triangle (row < col), and of both triangles."""
-    rows, cols = torch.triu_indices(n, n, offset=1, device=device)
+def _pair_positions(triu_indices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions in an n x n matrix of the given upper-triangle pairs, and of both triangles."""
+    rows, cols = triu_indices
     upper = rows * n + cols
     return upper, torch.cat([upper, cols * n + rows])
 
@@ -56,7 +56,9 @@ class SymmetricInteractionArch(InteractionArch):
 
     def __init__(self, num_sparse_features: int, device: torch.device | str | None = None) -> None:
         super().__init__(num_sparse_features)
-        upper, both = _pair_positions(num_sparse_features + 1, torch.device(device or "cpu"))
+        # the pairs in torchrec's order (its triu_indices buffer), on the dense part's device
+        device = torch.device(device or "cpu")
+        upper, both = _pair_positions(self.triu_indices.to(device), num_sparse_features + 1)
         self.register_buffer("pair_upper", upper, persistent=False)
         self.register_buffer("pair_both", both, persistent=False)
 
