@@ -40,6 +40,11 @@ def cpu() -> list[Row]:
                   world_size=ws, sharding="planner", lever="compile") for ws in (2, 1) for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws{ws}/{p}/fbgemm_update", CRITEO, f"train.precision={p}", "train.cpu_table_update=fbgemm",
                   world_size=ws, sharding="planner", lever="cpu_table_update") for ws in (2, 1) for p in ("fp32", "bf16")]
+    # one process at the 2-process rows' global batch (4096): the scaling comparison at equal batch
+    rows += [_row(f"criteo/ws1/{p}/b4096", CRITEO, f"train.precision={p}", "train.batch_size=4096", world_size=1,
+                  sharding="planner", sweep="global_batch") for p in ("fp32", "bf16")]
+    rows += [_row(f"criteo/ws2/{p}/qcomm_fp16", CRITEO, f"train.precision={p}", "sharding.qcomm=fp16",
+                  world_size=2, sharding="planner", lever="qcomm") for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]
     rows += [_row(f"criteo/ws2/fp32/table_wise/adagrad/{k}_kernel", CRITEO, "sharding.type=table_wise",
                   f"sharding.kernel={k}", "train.embedding_optimizer=adagrad", world_size=2, sharding="table_wise")

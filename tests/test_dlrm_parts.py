@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchrec.models.dlrm import InteractionArch, SparseArch
+from torchrec.models.dlrm import DLRM, InteractionArch, SparseArch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from conftest import TINY
 from torchrec_models.config import load_config
+from torchrec_models.data.source import make_source
 from torchrec_models.models import build_model
 from torchrec_models.models.interaction import SymmetricInteractionArch
 from torchrec_models.models.sparse_stack import StackedSparseArch, stack_pooled
@@ -67,3 +68,16 @@ def test_the_dlrm_is_built_with_both_parts():
     model = build_model(load_config(TINY).model, torch.device("cpu"), seed=0).model
     assert isinstance(model.inter_arch, SymmetricInteractionArch)
     assert isinstance(model.sparse_arch, StackedSparseArch)
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "dcn", "projection"])
+def test_lookups_start_before_the_bottom_mlp_and_logits_are_torchrecs(arch):
+    cfg = load_config(TINY, [f"model.arch={arch}"])
+    model = build_model(cfg.model, torch.device("cpu"), seed=0, table_device="cpu").model
+    batch = next(make_source(cfg).train_batches(0, 1, 8, range(1)))
+    order = []
+    model.sparse_arch.embedding_bag_collection.register_forward_pre_hook(lambda *_: order.append("lookup"))
+    model.dense_arch.register_forward_pre_hook(lambda *_: order.append("bottom_mlp"))
+    got = model(batch.dense_features, batch.sparse_features)
+    assert order == ["lookup", "bottom_mlp"]
+    assert torch.equal(got, DLRM.forward(model, batch.dense_features, batch.sparse_features))

@@ -78,6 +78,31 @@ def set_output_bias(model: RankingModel, label_rate: float) -> None:
 
 
 
+class _SparseFirst:
+    """DLRM's forward with the table lookups started before the bottom MLP: a sharded collection
+    returns its pooled embeddings while their all-to-all is still in flight, so the bottom MLP runs
+    during it, and in backward (autograd takes the later-made ops first) its gradient is computed
+    while the embeddings' gradients travel back. Same arithmetic and module tree as torchrec's."""
+
+    def forward(self, dense_features: torch.Tensor, sparse_features) -> torch.Tensor:
+        pooled = self.sparse_arch.embedding_bag_collection(sparse_features)
+        embedded_dense = self.dense_arch(dense_features)
+        embedded_sparse = self.sparse_arch.stack(pooled)
+        return self.over_arch(self.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse))
+
+
+class SparseFirstDLRM(_SparseFirst, DLRM):
+    pass
+
+
+class SparseFirstDLRM_DCN(_SparseFirst, DLRM_DCN):
+    pass
+
+
+class SparseFirstDLRM_Projection(_SparseFirst, DLRM_Projection):
+    pass
+
+
 def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: torch.device) -> DLRM:
     common = dict(
         embedding_bag_collection=ebc,
@@ -87,15 +112,15 @@ def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: tor
         dense_device=dense_device,
     )
     if cfg.arch == "dcn":
-        dlrm = DLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
+        dlrm = SparseFirstDLRM_DCN(**common, dcn_num_layers=cfg.dcn_num_layers, dcn_low_rank_dim=cfg.dcn_low_rank_dim)
     elif cfg.arch == "projection":
-        dlrm = DLRM_Projection(
+        dlrm = SparseFirstDLRM_Projection(
             **common,
             interaction_branch1_layer_sizes=list(cfg.projection_branch1),
             interaction_branch2_layer_sizes=list(cfg.projection_branch2),
         )
     else:
-        dlrm = DLRM(**common)
+        dlrm = SparseFirstDLRM(**common)
         dlrm.inter_arch = SymmetricInteractionArch(dlrm.inter_arch.F, dense_device)
     dlrm.sparse_arch = StackedSparseArch(ebc)
     return dlrm

@@ -28,4 +28,8 @@ class StackedSparseArch(SparseArch):
     """``SparseArch`` (same module path to the collection, same output) without the copy."""
 
     def forward(self, features) -> torch.Tensor:
-        return stack_pooled(self.embedding_bag_collection(features), self.sparse_feature_names, self.F, self.D)
+        return self.stack(self.embedding_bag_collection(features))
+
+    def stack(self, pooled: KeyedTensor) -> torch.Tensor:
+        """[B, F, D] from the collection's output (waits for it if it is still in flight)."""
+        return stack_pooled(pooled, self.sparse_feature_names, self.F, self.D)
