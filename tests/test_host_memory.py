@@ -1,0 +1,48 @@
+"""Freed host memory is kept for reuse on CPU runs (no page faults for each step's buffers again)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from torchrec_models.config import load_config
+from torchrec_models.runtime import host_memory
+
+from conftest import TINY
+
+# 48 MB blocks: above the largest threshold glibc's own adjustment reaches (32 MB), so by default
+# each one is a fresh mmap whose pages fault in again.
+FAULTS_OF_20_BLOCKS = """
+import resource, sys, torch
+from torchrec_models.runtime.host_memory import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+torch.ones(12 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.ones(12 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", FAULTS_OF_20_BLOCKS, mode], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_kept_memory_is_reused_without_faulting_in_again():
+    pages_per_block = (48 << 20) // 4096
+    assert _faults("default") > 15 * pages_per_block  # the premise: by default the blocks fault in every time
+    assert _faults("keep") < 4 * pages_per_block  # kept: at most the first few fault in
+
+
+def test_the_setting_is_applied_only_to_cpu_runs_that_ask(monkeypatch):
+    calls = []
+    monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    host_memory.apply(load_config(TINY).train, "cuda")
+    host_memory.apply(load_config(TINY, ["train.cpu_keep_freed_memory=false"]).train, "cpu")
+    assert calls == []
+    host_memory.apply(load_config(TINY).train, "cpu")
+    assert calls == [1]
