@@ -41,8 +41,9 @@ def test_kept_memory_is_reused_without_faulting_in_again():
 def test_the_setting_is_applied_only_to_cpu_runs_that_ask(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    host_memory.apply(load_config(TINY).train, "cuda")
-    host_memory.apply(load_config(TINY, ["train.cpu_keep_freed_memory=false"]).train, "cpu")
+    keep = load_config(TINY, ["train.cpu_keep_freed_memory=true"]).train
+    host_memory.apply(keep, "cuda")
+    host_memory.apply(load_config(TINY).train, "cpu")  # off by default
     assert calls == []
-    host_memory.apply(load_config(TINY).train, "cpu")
+    host_memory.apply(keep, "cpu")
     assert calls == [1]

@@ -233,7 +233,7 @@ class TrainConfig:
     measure_after: int = 5  # steps left out of examples/s as warm-up
     tf32: bool = True  # on CUDA, fp32 matmuls and convolutions of the dense part use TF32
     cpu_table_update: str = "auto"  # row-wise Adagrad tables on CPU: native (this project's kernel), fbgemm, auto
-    cpu_keep_freed_memory: bool = True  # on CPU, freed host blocks < 1 GiB are reused, not returned to the OS
+    cpu_keep_freed_memory: bool = False  # on CPU, freed host blocks < 1 GiB are reused, not returned to the OS
     compile: bool = False  # compile the dense part (bottom MLP, interaction, top MLP) with torch.compile
     best_metric: str = ""  # what "best evaluation" means; empty = the task's: ne (ranking), recall_at_100 (retrieval)
     early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better best_metric
