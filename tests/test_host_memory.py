@@ -1,4 +1,4 @@
-"""Freed host memory is kept for reuse on CPU runs (no page faults for each step's buffers again)."""
+"""train.cpu_keep_freed_memory: freed host memory kept for reuse (no page faults for each step's buffers again)."""
 from __future__ import annotations
 
 import subprocess

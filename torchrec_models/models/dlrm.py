@@ -14,6 +14,7 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import ModelConfig
 from torchrec_models.models.interaction import SymmetricInteractionArch
@@ -77,14 +78,13 @@ def set_output_bias(model: RankingModel, label_rate: float) -> None:
         last.bias.fill_(math.log(rate / (1 - rate)))
 
 
-
 class _SparseFirst:
     """DLRM's forward with the table lookups started before the bottom MLP: a sharded collection
     returns its pooled embeddings while their all-to-all is still in flight, so the bottom MLP runs
     during it, and in backward (autograd takes the later-made ops first) its gradient is computed
     while the embeddings' gradients travel back. Same arithmetic and module tree as torchrec's."""
 
-    def forward(self, dense_features: torch.Tensor, sparse_features) -> torch.Tensor:
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.sparse_arch.embedding_bag_collection(sparse_features)
         embedded_dense = self.dense_arch(dense_features)
         embedded_sparse = self.sparse_arch.stack(pooled)
