@@ -3,9 +3,9 @@
 glibc's malloc serves blocks above a threshold (128 KiB, raised as large blocks are freed) with
 fresh mmaps and gives them back on free, and trims the top of its heap beyond another threshold.
 A CPU training step allocates and frees tens of MB of activations, gradients, table outputs and
-sort buffers, so every step pays the page faults (and the zeroing) of that memory again: a few
-thousand faults a step on the Criteo preset (1,000-2,400 in bf16). With both thresholds raised, freed blocks below
-1 GiB are reused; larger ones (tables, checkpoints' staging) are still mapped and unmapped.
+sort buffers, so every step pays the page faults (and the zeroing) of that memory again:
+1,000-2,400 faults a step on the Criteo preset in bf16. With both thresholds raised, freed blocks
+below 1 GiB are reused; larger ones (tables, checkpoints' staging) are still mapped and unmapped.
 Peak RSS does not change; RSS stays near its peak after it instead of falling back. Off by
 default: on the 2-core benchmark machine the saving stayed within run-to-run noise.
 """
