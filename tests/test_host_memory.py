@@ -13,29 +13,30 @@ from conftest import TINY
 
 # 48 MB blocks: above the largest threshold glibc's own adjustment reaches (32 MB), so by default
 # each one is a fresh mmap whose pages fault in again.
-FAULTS_OF_20_BLOCKS = """
+FAULTS_OF_40_BLOCKS = """
 import resource, sys, torch
 from torchrec_models.runtime.host_memory import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.ones(12 << 20)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(40):
     torch.ones(12 << 20)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 def _faults(mode: str) -> int:
-    out = subprocess.run([sys.executable, "-c", FAULTS_OF_20_BLOCKS, mode], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", FAULTS_OF_40_BLOCKS, mode], capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_kept_memory_is_reused_without_faulting_in_again():
     pages_per_block = (48 << 20) // 4096
-    assert _faults("default") > 15 * pages_per_block  # the premise: by default the blocks fault in every time
-    assert _faults("keep") < 4 * pages_per_block  # kept: at most the first few fault in
+    assert _faults("default") > 35 * pages_per_block  # the premise: by default the blocks fault in every time
+    # kept: only the first few fault in (1-4 blocks seen, as the heap settles), whatever the count
+    assert _faults("keep") < 10 * pages_per_block
 
 
 def test_the_setting_is_applied_only_to_cpu_runs_that_ask(monkeypatch):
