@@ -79,6 +79,30 @@ def test_native_update_matches_fbgemm(case, restore_kernel):
     torch.testing.assert_close(got_h, want_h, atol=1e-7, rtol=1e-5)
 
 
+def test_strided_and_bf16_gradients_update_as_their_contiguous_fp32_copies(restore_kernel):
+    """A gradient that is a slice of a wider one (rows strided), or bf16, is read in place."""
+    assert rowwise_adagrad.install(required=True)
+    ids, offsets, _, grad = _batches(2, False, steps=1)[0]
+    wide = torch.cat([grad, torch.full((BATCH, 5), float("nan"))], dim=1)[:, : 2 * DIM]
+    results = []
+    for g in (grad, wide, grad.bfloat16(), wide.bfloat16()):
+        tables = _tables([0, 1], SparseType.FP32, PoolingMode.SUM)
+        op = torch.ops.fbgemm.split_embedding_backward_codegen_rowwise_adagrad_cpu
+        op(g, tables.weights_host, tables.weights_placements, tables.weights_offsets, tables.D_offsets, DIM,
+           tables.hash_size_cumsum, 0, ids, offsets, 0, None, False, tables.momentum1_host,
+           tables.momentum1_placements, tables.momentum1_offsets, torch.tensor(0.1), 1e-8)
+        results.append(tables.weights_host.clone())
+    assert not wide.is_contiguous()
+    assert torch.equal(results[1], results[0]) and torch.equal(results[3], results[2])
+    assert torch.equal(results[2], _updated_with(grad.bfloat16().float(), ids, offsets))
+
+
+def _updated_with(grad, ids, offsets):
+    tables = _tables([0, 1], SparseType.FP32, PoolingMode.SUM)
+    tables(ids, offsets).backward(grad)
+    return tables.weights_host.clone()
+
+
 def test_installed_kernel_is_the_one_fbgemm_calls(restore_kernel):
     """Weight decay is FBGEMM's alone: once installed, the op that runs is this project's, and says so."""
     assert rowwise_adagrad.install(required=True)
@@ -108,7 +132,7 @@ def test_a_failed_build_is_an_error_only_when_native_was_asked_for(restore_kerne
     def no_compiler():
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(rowwise_adagrad, "_build", no_compiler)
+    monkeypatch.setattr(rowwise_adagrad.OVERRIDE, "build", no_compiler)
     assert rowwise_adagrad.install(required=False) is False
     with pytest.raises(ConfigError, match="train.cpu_table_update.*no C\\+\\+ compiler"):
         rowwise_adagrad.install(required=True)

@@ -10,34 +10,15 @@ CUDA tables keep FBGEMM's kernels.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import threading
-import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from torchrec_models.config import ConfigError, TrainConfig
+from torchrec_models.config import TrainConfig
+from torchrec_models.kernels.override import CpuOverride
 
 FBGEMM_OP = "split_embedding_backward_codegen_rowwise_adagrad_cpu"
 SOURCE = Path(__file__).with_name("rowwise_adagrad_cpu.cpp")
-_lock = threading.Lock()
-_state: dict[str, Any] = {"library": None}
-log = logging.getLogger(__name__)
-
-
-def _build() -> None:
-    import ninja  # torch's builder runs the `ninja` found on PATH: this interpreter's, even outside a venv shell
-    from torch.utils import cpp_extension
-
-    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]  # one build (and folder) per source
-    cpp_extension.load(name=f"torchrec_models_rowwise_adagrad_{digest}", sources=[str(SOURCE)],
-                       extra_cflags=["-O3"], is_python_module=False, verbose=False)
 
 
 def _native_update(grad_output, host_weights, weights_placements, weights_offsets, D_offsets, max_D,
@@ -54,39 +35,8 @@ def _native_update(grad_output, host_weights, weights_placements, weights_offset
         pooling_mode, indice_weights, momentum1_host, momentum1_offsets, float(learning_rate_tensor), eps)
 
 
-def install(required: bool) -> bool:
-    """Build the kernel and make it FBGEMM's CPU row-wise Adagrad update in this process.
-    Returns whether it is in place; a failed build raises if ``required``, else logs and keeps FBGEMM's."""
-    with _lock:
-        if _state["library"] is not None:
-            return True
-        try:
-            _build()
-        except Exception as err:  # no compiler, no ninja, a read-only cache dir
-            if required:
-                raise ConfigError("train.cpu_table_update", f"'native' could not be built ({err}); "
-                                  "use 'auto' or 'fbgemm'") from err
-            log.warning("native row-wise Adagrad kernel not built (%s): FBGEMM's CPU kernel is used", err)
-            return False
-        library = torch.library.Library("fbgemm", "IMPL")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Warning only once for all operators")
-            library.impl(FBGEMM_OP, _native_update, "CPU")
-        _state["library"] = library
-        return True
-
-
-def uninstall() -> None:
-    """FBGEMM's own kernel again (the registration is dropped)."""
-    with _lock:
-        library = _state["library"]
-        if library is not None:
-            library._destroy()
-            _state["library"] = None
-
-
-def installed() -> bool:
-    return _state["library"] is not None
+OVERRIDE = CpuOverride(FBGEMM_OP, SOURCE, _native_update, "row-wise Adagrad table update", "train.cpu_table_update")
+install, uninstall, installed = OVERRIDE.install, OVERRIDE.uninstall, OVERRIDE.installed
 
 
 def apply(cfg: TrainConfig, device_type: str) -> None:

@@ -179,7 +179,8 @@ void rowwise_adagrad_backward(
   TORCH_CHECK(num_features > 0 && host_weights.dim() == 1 && host_weights.is_contiguous());
   TORCH_CHECK(momentum1_host.scalar_type() == at::kFloat && momentum1_host.is_contiguous());
   const int64_t B = (offsets.numel() - 1) / num_features;
-  const at::Tensor grad = grad_output.contiguous();
+  // Rows of the pooled gradient may be strided (a slice of a wider gradient); elements must not be.
+  const at::Tensor grad = grad_output.dim() == 2 && grad_output.stride(1) == 1 ? grad_output : grad_output.contiguous();
   const at::Tensor hash_cumsum = hash_size_cumsum.to(at::kLong).contiguous();
   const at::Tensor d_offsets = D_offsets.to(at::kInt).contiguous();
   const at::Tensor w_offsets = weights_offsets.to(at::kLong).contiguous();
@@ -193,9 +194,9 @@ void rowwise_adagrad_backward(
     const at::Tensor idx = indices.contiguous(), offs = offsets.to(indices.scalar_type()).contiguous();
     AT_DISPATCH_FLOATING_TYPES_AND_HALF(host_weights.scalar_type(), "rowwise_adagrad_backward_w", [&] {
       using weight_t = scalar_t;
-      AT_DISPATCH_FLOATING_TYPES_AND_HALF(grad.scalar_type(), "rowwise_adagrad_backward_g", [&] {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "rowwise_adagrad_backward_g", [&] {
         const Update<weight_t, scalar_t, index_t> update{
-            grad.data_ptr<scalar_t>(), grad.size(1), d_offsets.data_ptr<int32_t>(), w_offsets.data_ptr<int64_t>(),
+            grad.data_ptr<scalar_t>(), grad.stride(0), d_offsets.data_ptr<int32_t>(), w_offsets.data_ptr<int64_t>(),
             m_offsets.data_ptr<int64_t>(), idx.data_ptr<index_t>(), offs.data_ptr<index_t>(),
             bag_weights.defined() ? bag_weights.data_ptr<float>() : nullptr, pooling_mode, B,
             host_weights.data_ptr<weight_t>(), momentum1_host.data_ptr<float>(),

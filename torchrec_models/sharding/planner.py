@@ -23,6 +23,7 @@ from torchrec.distributed.sharding_plan import construct_module_sharding_plan, r
 from torchrec.distributed.types import CacheParams, ShardingPlan, ShardingType
 
 from torchrec_models.config import Config, ConfigError, table_names
+from torchrec_models.kernels import pooled_lookup
 from torchrec_models.train.optim import fused_params
 
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"
@@ -95,7 +96,8 @@ def make_sharders(
 ) -> list[EmbeddingBagCollectionSharder]:
     """The EBC sharder with the fused optimizer and, if ``sharding.qcomm`` is set, quantized comms."""
     cls = ExtendedSharder if extend_cpu else EmbeddingBagCollectionSharder
-    return [cls(fused_params=fused_params(cfg.train), qcomm_codecs_registry=qcomm_registry(cfg, device_type))]
+    params = fused_params(cfg.train, pooled_lookup.bf16_output(cfg.train, device_type))
+    return [cls(fused_params=params, qcomm_codecs_registry=qcomm_registry(cfg, device_type))]
 
 
 def qcomm_registry(cfg: Config, device_type: str) -> dict[str, Any] | None:

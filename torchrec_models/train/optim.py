@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from fbgemm_gpu.split_embedding_configs import EmbOptimType
+from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
 from torch import nn
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -29,14 +29,16 @@ def embedding_lr(cfg: TrainConfig) -> float:
     return cfg.embedding_lr or cfg.lr
 
 
-def fused_params(cfg: TrainConfig) -> dict[str, Any]:
-    """What the sharder hands FBGEMM for tables on the fused kernel."""
+def fused_params(cfg: TrainConfig, bf16_output: bool = False) -> dict[str, Any]:
+    """What the sharder hands FBGEMM for tables on the fused kernel; ``bf16_output``: pool into bf16."""
     params: dict[str, Any] = {
         "optimizer": _FUSED_TYPES[cfg.embedding_optimizer],
         "learning_rate": embedding_lr(cfg),
     }
     if cfg.embedding_optimizer != "sgd":
         params["eps"] = EPS
+    if bf16_output:
+        params["output_dtype"] = SparseType.BF16
     return params
 
 

@@ -1,0 +1,36 @@
+"""Compiling a kernel source of this package with torch's C++ extension builder (once per source and CPU)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+# -march=native: the lookup's and update's loops vectorize to the machine's widest registers
+# (2x faster than the baseline x86-64 build on the benchmark machines); no FMA contraction, so
+# sums round as written (and as FBGEMM's do).
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off"]
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and instruction-set flags: a build for one CPU is never loaded on another."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.machine() + platform.processor()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return platform.machine() + "".join(sorted({line for line in lines if line.startswith(wanted)}))
+
+
+def build_extension(source: Path) -> None:
+    """Compiles and loads ``source`` (its ops register on load), cached under ~/.cache/torch_extensions
+    in one folder per source content, flags and CPU, so an edited source or another CPU never loads an old build."""
+    import ninja  # torch's builder runs the `ninja` found on PATH: this interpreter's, even outside a venv shell
+    from torch.utils import cpp_extension
+
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    key = source.read_bytes() + " ".join(CFLAGS).encode() + _cpu_signature().encode()
+    digest = hashlib.sha256(key).hexdigest()[:12]
+    cpp_extension.load(name=f"torchrec_models_{source.stem}_{digest}", sources=[str(source)],
+                       extra_cflags=CFLAGS, is_python_module=False, verbose=False)
