@@ -9,9 +9,11 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
     ComputeDevice, EmbeddingLocation, SplitTableBatchedEmbeddingBagsCodegen,
 )
 
-from torchrec_models.config import TrainConfig, load_config
+from torchrec_models.config import load_config
 from torchrec_models.kernels import pooled_lookup, rowwise_adagrad
 from torchrec_models.sharding.planner import make_sharders
+from torchrec_models.tasks.ranking import RankingTask
+from torchrec_models.tasks.retrieval import RetrievalTask
 
 from conftest import TINY
 
@@ -90,15 +92,26 @@ def test_an_id_outside_its_table_is_an_error_naming_the_feature(native_kernels):
 
 def test_bf16_cpu_runs_with_the_native_update_pool_into_bf16(native_kernels):
     cfg = load_config(TINY, ["train.precision=bf16"])
-    pooled_lookup.apply(cfg.train, "cpu")
+    pooled_lookup.apply(cfg, "cpu")
     assert pooled_lookup.installed()
     assert make_sharders(cfg, device_type="cpu")[0].fused_params["output_dtype"] == SparseType.BF16
-    for other in (TrainConfig(precision="fp32"), TrainConfig(precision="bf16", cpu_table_update="fbgemm"),
-                  TrainConfig(precision="bf16", embedding_optimizer="sgd")):
-        pooled_lookup.apply(other, "cpu")
-        assert not pooled_lookup.installed() and not pooled_lookup.bf16_output(other, "cpu")
+    for other in (["train.precision=fp32"], ["train.precision=bf16", "train.cpu_table_update=fbgemm"],
+                  ["train.precision=bf16", "train.embedding_optimizer=sgd"]):
+        other_cfg = load_config(TINY, other)
+        pooled_lookup.apply(other_cfg, "cpu")
+        assert not pooled_lookup.installed() and not pooled_lookup.bf16_output(other_cfg, "cpu")
     assert "output_dtype" not in make_sharders(cfg, device_type="cpu")[0].fused_params
-    assert pooled_lookup.bf16_output(TrainConfig(precision="bf16"), "cuda")  # FBGEMM's CUDA kernels pool into bf16
+    assert pooled_lookup.bf16_output(cfg, "cuda")  # FBGEMM's CUDA kernels pool into bf16
     rowwise_adagrad.uninstall()
-    pooled_lookup.apply(cfg.train, "cpu")  # FBGEMM's update takes fp32 gradients only
+    pooled_lookup.apply(cfg, "cpu")  # FBGEMM's update takes fp32 gradients only
     assert not pooled_lookup.installed()
+
+
+def test_families_whose_dense_part_stays_fp32_keep_fp32_pooling(native_kernels, monkeypatch):
+    """The two towers ignore bf16 autocast: their tables must not hand them bf16."""
+    assert RetrievalTask.autocasts_dense is False and RankingTask.autocasts_dense is True
+    cfg = load_config(TINY, ["train.precision=bf16"])
+    monkeypatch.setattr(pooled_lookup, "task_for", lambda cfg: RetrievalTask())
+    pooled_lookup.apply(cfg, "cpu")
+    assert not pooled_lookup.installed()
+    assert not pooled_lookup.bf16_output(cfg, "cpu") and not pooled_lookup.bf16_output(cfg, "cuda")

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from torchrec_models.config import TrainConfig
+from torchrec_models.config import Config
 from torchrec_models.kernels import rowwise_adagrad
 from torchrec_models.kernels.override import CpuOverride
+from torchrec_models.tasks import task_for
 
 FBGEMM_OP = "split_embedding_codegen_forward_cpu"
 SOURCE = Path(__file__).with_name("pooled_lookup_cpu.cpp")
@@ -34,15 +35,22 @@ OVERRIDE = CpuOverride(FBGEMM_OP, SOURCE, _native_lookup, "bf16 pooled lookup", 
 install, uninstall, installed = OVERRIDE.install, OVERRIDE.uninstall, OVERRIDE.installed
 
 
-def apply(cfg: TrainConfig, device_type: str) -> None:
-    """In place for a bf16 CPU run whose table update is this project's; FBGEMM's forward otherwise."""
-    if device_type == "cpu" and cfg.precision == "bf16" and rowwise_adagrad.installed() \
-            and cfg.embedding_optimizer == "rowwise_adagrad" and cfg.cpu_table_update != "fbgemm":
-        install(required=cfg.cpu_table_update == "native")
+def _dense_in_bf16(cfg: Config) -> bool:
+    return cfg.train.precision == "bf16" and task_for(cfg).autocasts_dense
+
+
+def apply(cfg: Config, device_type: str) -> None:
+    """In place for a CPU run whose dense part runs in bf16 and whose table update is this
+    project's; FBGEMM's forward otherwise."""
+    t = cfg.train
+    if device_type == "cpu" and _dense_in_bf16(cfg) and rowwise_adagrad.installed() \
+            and t.embedding_optimizer == "rowwise_adagrad" and t.cpu_table_update != "fbgemm":
+        install(required=t.cpu_table_update == "native")
     else:
         uninstall()
 
 
-def bf16_output(cfg: TrainConfig, device_type: str) -> bool:
-    """Whether the tables pool into bf16: bf16 runs on CUDA, and on the CPU with this lookup in place."""
-    return cfg.precision == "bf16" and (device_type == "cuda" or installed())
+def bf16_output(cfg: Config, device_type: str) -> bool:
+    """Whether the tables pool into bf16: runs whose dense part is bf16, on CUDA, and on the CPU
+    with this lookup in place."""
+    return _dense_in_bf16(cfg) and (device_type == "cuda" or installed())

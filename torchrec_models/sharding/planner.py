@@ -96,7 +96,7 @@ def make_sharders(
 ) -> list[EmbeddingBagCollectionSharder]:
     """The EBC sharder with the fused optimizer and, if ``sharding.qcomm`` is set, quantized comms."""
     cls = ExtendedSharder if extend_cpu else EmbeddingBagCollectionSharder
-    params = fused_params(cfg.train, pooled_lookup.bf16_output(cfg.train, device_type))
+    params = fused_params(cfg.train, pooled_lookup.bf16_output(cfg, device_type))
     return [cls(fused_params=params, qcomm_codecs_registry=qcomm_registry(cfg, device_type))]
 
 

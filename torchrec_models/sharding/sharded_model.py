@@ -29,7 +29,7 @@ def build_sharded_model(
     ``prepare`` (the task's data-dependent set-up) sees the unsharded model first."""
     set_dense_math(env.device, cfg.train.tf32)
     rowwise_adagrad.apply(cfg.train, env.device.type)
-    pooled_lookup.apply(cfg.train, env.device.type)
+    pooled_lookup.apply(cfg, env.device.type)
     host_memory.apply(cfg.train, env.device.type)
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
     if prepare is not None:

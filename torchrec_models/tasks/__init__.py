@@ -18,6 +18,7 @@ from torchrec_models.config import Config, ModelConfig
 class Task(Protocol):
     default_metric: str  # what "best evaluation" means unless train.best_metric says otherwise
     predicts_rows: bool  # whether ``predict`` (one score per data row) applies
+    autocasts_dense: bool  # whether train.precision = "bf16" runs its dense part in bf16 (its tables may then pool into bf16)
 
     def build_model(self, cfg: ModelConfig, dense_device: torch.device, seed: int,
                     autocast_dtype: torch.dtype | None, table_device: torch.device | str) -> nn.Module:

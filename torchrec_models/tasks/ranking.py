@@ -16,6 +16,7 @@ from torchrec_models.train.metrics import EvalMetrics
 class RankingTask:
     default_metric = "ne"
     predicts_rows = True
+    autocasts_dense = True
 
     def build_model(self, cfg: ModelConfig, dense_device: torch.device, seed: int,
                     autocast_dtype: torch.dtype | None, table_device: torch.device | str) -> nn.Module:

@@ -40,6 +40,7 @@ def _padded_chunks(ids: np.ndarray, size: int, steps: int) -> list[np.ndarray]:
 class RetrievalTask:
     default_metric = "recall_at_100"
     predicts_rows = False  # its outputs are rankings (evaluate) and item vectors (export)
+    autocasts_dense = False  # the towers and the in-batch softmax stay fp32
 
     def __init__(self) -> None:
         self._popular_sums: np.ndarray | None = None  # this rank's baseline sums: fixed by the split
