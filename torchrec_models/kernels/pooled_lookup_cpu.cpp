@@ -124,7 +124,7 @@ at::Tensor pooled_lookup(const at::Tensor& weights, const at::Tensor& weights_of
   if (indice_weights.has_value() && indice_weights->defined() && indice_weights->numel() > 0)
     bag_weights = indice_weights->to(at::kFloat).contiguous();
   at::Tensor output = at::empty({B, total_D}, w.options().dtype(output_scalar_type(output_dtype)));
-  const int64_t max_D = T ? d_offsets.diff().max().item<int64_t>() : 0;
+  const int64_t max_D = d_offsets.diff().max().item<int64_t>();
 
   AT_DISPATCH_INDEX_TYPES(indices.scalar_type(), "pooled_lookup", [&] {
     const at::Tensor idx = indices.contiguous(), offs = offsets.to(indices.scalar_type()).contiguous();
