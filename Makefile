@@ -23,7 +23,7 @@ test-quality: setup
 
 # The numerical tests again with torch's AVX2 kernels (other vector widths, other summation
 # orders): bounds that hold only on one CPU's kernels fail here. CI runs it after `make test`.
-NUMERICAL := tests/test_oracle.py tests/test_baseline.py \
+NUMERICAL := tests/test_oracle.py tests/test_baseline.py tests/test_dot_interaction.py \
 	tests/test_precision_options.py::test_fp16_comms_and_fp16_tables_train_on_two_gloo_ranks \
 	tests/test_retrieval.py::test_two_ranks_match_one_process_with_gathered_negatives \
 	tests/test_checkpoint.py::test_resume_is_bit_exact tests/test_checkpoint.py::test_resharded_resume_continues_with_the_same_losses \

@@ -40,6 +40,8 @@ def cpu() -> list[Row]:
                   world_size=ws, sharding="planner", lever="compile") for ws in (2, 1) for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws{ws}/{p}/fbgemm_update", CRITEO, f"train.precision={p}", "train.cpu_table_update=fbgemm",
                   world_size=ws, sharding="planner", lever="cpu_table_update") for ws in (2, 1) for p in ("fp32", "bf16")]
+    rows += [_row(f"criteo/ws{ws}/{p}/torch_interaction", CRITEO, f"train.precision={p}", "train.cpu_interaction=torch",
+                  world_size=ws, sharding="planner", lever="cpu_interaction") for ws in (2, 1) for p in ("fp32", "bf16")]
     # one process at the 2-process rows' global batch (4096): the scaling comparison at equal batch
     rows += [_row(f"criteo/ws1/{p}/b4096", CRITEO, f"train.precision={p}", "train.batch_size=4096", world_size=1,
                   sharding="planner", sweep="global_batch") for p in ("fp32", "bf16")]

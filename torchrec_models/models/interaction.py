@@ -4,13 +4,16 @@
 instead of the two (and the sum) autograd makes of ``bmm(X, X^T)``, and the gradient of the kept
 upper triangle is written straight into ``G + G^T`` instead of being scattered into a zero
 matrix first. Forward values are those of torchrec's ``InteractionArch``; fp32 gradients agree to
-rounding (the sum happens before the matmul instead of after).
+rounding (the sum happens before the matmul instead of after). On the CPU both directions run in
+this project's fused kernel instead (``kernels/dot_interaction.py``, ``train.cpu_interaction``).
 """
 from __future__ import annotations
 
 import torch
 import torch.fx
 from torchrec.models.dlrm import InteractionArch
+
+from torchrec_models.kernels import dot_interaction as native
 
 
 def _pair_positions(triu_indices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,10 +43,11 @@ class _PairwiseDots(torch.autograd.Function):
 
 def dot_interaction(dense: torch.Tensor, sparse: torch.Tensor, upper: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
     """[dense, pairwise dots of (dense, sparse...)]; under autocast the dots run in its dtype."""
-    combined = torch.cat((dense.unsqueeze(1), sparse.to(dense.dtype)), dim=1)
-    device_type = combined.device.type
-    if torch.is_autocast_enabled(device_type):
-        combined = combined.to(torch.get_autocast_dtype(device_type))
+    device_type = dense.device.type
+    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dense.dtype
+    if dense.dtype == dtype and native.usable(dense, sparse := sparse.to(dtype)):
+        return native.NativeDotInteraction.apply(dense, sparse)
+    combined = torch.cat((dense.unsqueeze(1), sparse.to(dense.dtype)), dim=1).to(dtype)
     dots = _PairwiseDots.apply(combined, upper, both)
     return torch.cat((dense, dots.to(dense.dtype)), dim=1)
 

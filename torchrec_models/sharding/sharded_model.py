@@ -10,7 +10,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
-from torchrec_models.kernels import pooled_lookup, rowwise_adagrad
+from torchrec_models.kernels import dot_interaction, pooled_lookup, rowwise_adagrad
 from torchrec_models.runtime import host_memory
 from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
@@ -30,6 +30,7 @@ def build_sharded_model(
     set_dense_math(env.device, cfg.train.tf32)
     rowwise_adagrad.apply(cfg.train, env.device.type)
     pooled_lookup.apply(cfg, env.device.type)
+    dot_interaction.apply(cfg.train, env.device.type)
     host_memory.apply(cfg.train, env.device.type)
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
     if prepare is not None:

@@ -1,0 +1,135 @@
+"""The native CPU dot interaction against the same sums written as torch element-wise ops, and where it is used."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from torchrec_models.config import ConfigError, load_config
+from torchrec_models.kernels import dot_interaction as native
+from torchrec_models.models.interaction import SymmetricInteractionArch
+
+from conftest import TINY
+
+B, F, D = 37, 5, 20  # B not a multiple of the kernel's grain, D not a multiple of its vector width
+N = F + 1
+PAIRS = torch.triu_indices(N, N, offset=1)
+
+
+@pytest.fixture
+def native_on():
+    """The kernel in use for the test; the process's previous choice afterwards."""
+    was = native.enabled()
+    assert native.enable(required=True)
+    yield
+    if not was:
+        native.disable()
+
+
+def _inputs(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, D, generator=g).to(dtype), torch.randn(B, F, D, generator=g).to(dtype)
+
+
+def _sequential_forward(dense, sparse):
+    """fp32 sums over d ascending, each product and sum rounded (the kernel's order), rounded once at the end."""
+    x = torch.cat([dense.unsqueeze(1), sparse], 1).float()
+    left, right = x[:, PAIRS[0]], x[:, PAIRS[1]]
+    acc = torch.zeros(B, PAIRS.size(1))
+    for d in range(D):
+        acc = acc + left[:, :, d] * right[:, :, d]
+    return torch.cat([dense, acc.to(dense.dtype)], 1)
+
+
+def _sequential_backward(grad, dense, sparse):
+    """Each vector's gradient summed over j ascending in fp32; the dense one starts from its pass-through."""
+    x = torch.cat([dense.unsqueeze(1), sparse], 1).float()
+    g = grad.float()
+    pair = torch.zeros(B, N, N)
+    pair[:, PAIRS[0], PAIRS[1]] = g[:, D:]
+    pair[:, PAIRS[1], PAIRS[0]] = g[:, D:]
+    acc = torch.zeros(B, N, D)
+    acc[:, 0] = g[:, :D]
+    for j in range(N):
+        acc = acc + pair[:, :, j, None] * x[:, j, None, :]
+    acc = acc.to(dense.dtype)
+    return acc[:, 0], acc[:, 1:]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_kernel_sums_in_its_stated_order_and_rounds_once(dtype, native_on):
+    dense, sparse = _inputs(dtype)
+    ops = torch.ops.torchrec_models_interaction
+    out = ops.dot_interaction_forward(dense, sparse)
+    assert out.dtype == dtype
+    assert torch.equal(out, _sequential_forward(dense, sparse))
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    got_dense, got_sparse = ops.dot_interaction_backward(grad, dense, sparse)
+    want_dense, want_sparse = _sequential_backward(grad, dense, sparse)
+    assert torch.equal(got_dense, want_dense) and torch.equal(got_sparse, want_sparse)
+
+
+def test_strided_inputs_read_as_their_contiguous_copies(native_on):
+    dense, sparse = _inputs(torch.float32)
+    wide = torch.randn(B, 2 * D)
+    wide[:, :D] = dense
+    ops = torch.ops.torchrec_models_interaction
+    assert torch.equal(ops.dot_interaction_forward(wide[:, :D], sparse), ops.dot_interaction_forward(dense, sparse))
+
+
+def _module_outputs(autocast: bool):
+    dense, sparse = _inputs(torch.float32, seed=2)
+    dense.requires_grad_()
+    sparse.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        bottom = torch.relu(dense * 1.5)
+        bottom = bottom.to(torch.bfloat16) if autocast else bottom  # as a Linear under autocast returns it
+        out = SymmetricInteractionArch(F)(bottom, sparse)
+    (out.float() * torch.linspace(-1, 1, out.size(1))).sum().backward()
+    return out, dense.grad, sparse.grad
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+def test_interaction_module_runs_the_kernel_and_agrees_with_the_torch_composition(autocast, native_on):
+    got = _module_outputs(autocast)
+    assert type(got[0].grad_fn).__name__ == "NativeDotInteractionBackward"
+    native.disable()
+    want = _module_outputs(autocast)
+    assert type(want[0].grad_fn).__name__ != "NativeDotInteractionBackward"
+    assert got[0].dtype == want[0].dtype == (torch.bfloat16 if autocast else torch.float32)
+    tol = dict(atol=0.1, rtol=0.02) if autocast else dict(atol=1e-5, rtol=1e-5)
+    for g, w in zip(got, want):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g.float(), w.float(), **tol)
+
+
+def test_mismatched_shapes_are_refused(native_on):
+    dense, sparse = _inputs(torch.float32)
+    with pytest.raises(RuntimeError, match="do not match"):
+        torch.ops.torchrec_models_interaction.dot_interaction_forward(dense[:, :-1], sparse)
+
+
+def test_config_choice_and_device_select_the_kernel(native_on):
+    native.apply(load_config(TINY, ["train.cpu_interaction=torch"]).train, "cpu")
+    assert not native.enabled()
+    native.apply(load_config(TINY).train, "cpu")
+    assert native.enabled()
+    native.apply(load_config(TINY).train, "cuda")
+    assert not native.enabled()
+    with pytest.raises(ConfigError, match="train.cpu_interaction"):
+        load_config(TINY, ["train.cpu_interaction=fast"])
+
+
+def test_a_failed_build_is_an_error_only_when_native_was_asked_for(native_on, monkeypatch, caplog):
+    def no_compiler(source):
+        raise OSError("no C++ compiler")
+
+    monkeypatch.setattr(native, "build_extension", no_compiler)
+    monkeypatch.setitem(native._state, "built", False)
+    native.disable()
+    with pytest.raises(ConfigError, match="train.cpu_interaction"):
+        native.apply(load_config(TINY, ["train.cpu_interaction=native"]).train, "cpu")
+    with caplog.at_level(logging.WARNING):
+        native.apply(load_config(TINY).train, "cpu")
+    assert not native.enabled() and "not built" in caplog.text
