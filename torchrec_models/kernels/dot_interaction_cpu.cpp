@@ -73,9 +73,11 @@ struct Vectors {
   }
 };
 
-// Vectors handled together: kRows independent sums per block keep the adder busy (one sum alone
-// waits on its previous add each step).
-constexpr int64_t kRows = 4;
+// Vectors handled together: independent sums per block keep the adder busy (one sum alone waits
+// on its previous add each step). Chosen by timing on the benchmark machine.
+constexpr int64_t kDotRows = 8;   // forward
+constexpr int64_t kGradRows = 4;  // backward
+constexpr int64_t kRows = std::max(kDotRows, kGradRows);  // spare rows and columns in the scratch
 
 // One thread's fp32 scratch: the example's vectors as rows [N, Dp] and columns [D, Np] (plus kRows
 // spare columns read past the last vector), zero-padded; one sum per (row of a pass, column).
@@ -95,17 +97,17 @@ struct Scratch {
   }
 };
 
-// Dots of vectors i0 .. i0 + kRows - 1 with the columns from `first` on, each summed over d ascending.
+// Dots of vectors i0 .. i0 + kDotRows - 1 with the columns from `first` on, each summed over d ascending.
 void dots_pass(Scratch& s, int64_t i0, int64_t first, int64_t D) {
   const int64_t Np = s.Np;
   for (int64_t c = first; c < Np; c += kLanes) {
-    Lanes sum[kRows] = {};
+    Lanes sum[kDotRows] = {};
     for (int64_t d = 0; d < D; ++d) {
       const float* col = s.cols.data() + d * Np;
       const Lanes x = lanes_at(col + c);
-      for (int64_t r = 0; r < kRows; ++r) sum[r] += col[i0 + r] * x;
+      for (int64_t r = 0; r < kDotRows; ++r) sum[r] += col[i0 + r] * x;
     }
-    for (int64_t r = 0; r < kRows; ++r) std::memcpy(s.sums.data() + r * Np + c, &sum[r], sizeof(Lanes));
+    for (int64_t r = 0; r < kDotRows; ++r) std::memcpy(s.sums.data() + r * Np + c, &sum[r], sizeof(Lanes));
   }
 }
 
@@ -117,9 +119,9 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
     s.read(x, b, /*columns=*/true);
     T* dst = out + b * out_stride;
     std::memcpy(dst, x.row(b, 0), D * sizeof(T));
-    for (int64_t i0 = 0; i0 + 1 < N; i0 += kRows) {
+    for (int64_t i0 = 0; i0 + 1 < N; i0 += kDotRows) {
       dots_pass(s, i0, (i0 + 1) / kLanes * kLanes, D);
-      for (int64_t i = i0; i < std::min(i0 + kRows, N - 1); ++i)
+      for (int64_t i = i0; i < std::min(i0 + kDotRows, N - 1); ++i)
         store(s.sums.data() + (i - i0) * s.Np + i + 1, dst + D + pairs_before(i, N), N - 1 - i);
     }
   }
@@ -136,19 +138,19 @@ void symmetric_gradient(const T* dots_grad, int64_t N, std::vector<float>& trian
   }
 }
 
-// Gradients of vectors i0 .. i0 + kRows - 1: sum over j of pair_grad[i, j] x_j (j ascending; the
+// Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending; the
 // diagonal's zero adds nothing), on top of `start` for vector 0 (its pass-through gradient).
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
                    int64_t D) {
   const int64_t Dp = s.Dp;
   for (int64_t c = 0; c < D; c += kLanes) {
-    Lanes sum[kRows] = {};
+    Lanes sum[kGradRows] = {};
     if (i0 == 0) sum[0] = lanes_at(start + c);
     for (int64_t j = 0; j < N; ++j) {
       const Lanes xj = lanes_at(s.rows.data() + j * Dp + c);
-      for (int64_t r = 0; r < kRows; ++r) sum[r] += pair_grad[(i0 + r) * N + j] * xj;
+      for (int64_t r = 0; r < kGradRows; ++r) sum[r] += pair_grad[(i0 + r) * N + j] * xj;
     }
-    for (int64_t r = 0; r < kRows; ++r) std::memcpy(s.sums.data() + r * Dp + c, &sum[r], sizeof(Lanes));
+    for (int64_t r = 0; r < kGradRows; ++r) std::memcpy(s.sums.data() + r * Dp + c, &sum[r], sizeof(Lanes));
   }
 }
 
@@ -157,15 +159,15 @@ void backward_examples(const Vectors<T>& x, const T* grad, int64_t grad_stride, 
                        int64_t begin, int64_t end) {
   const int64_t N = x.N, D = x.D, F = N - 1;
   Scratch s(N, D);
-  std::vector<float> pair_grad((N + kRows) * N, 0.0f), triangle(N * (N - 1) / 2), passthrough(s.Dp, 0.0f);
+  std::vector<float> pair_grad((N + kGradRows) * N, 0.0f), triangle(N * (N - 1) / 2), passthrough(s.Dp, 0.0f);
   for (int64_t b = begin; b < end; ++b) {
     s.read(x, b, /*columns=*/false);
     const T* g = grad + b * grad_stride;
     load(g, passthrough.data(), D);
     symmetric_gradient(g + D, N, triangle, pair_grad);
-    for (int64_t i0 = 0; i0 < N; i0 += kRows) {
+    for (int64_t i0 = 0; i0 < N; i0 += kGradRows) {
       gradient_pass(s, pair_grad, passthrough.data(), i0, N, D);
-      for (int64_t i = i0; i < std::min(i0 + kRows, N); ++i)
+      for (int64_t i = i0; i < std::min(i0 + kGradRows, N); ++i)
         store(s.sums.data() + (i - i0) * s.Dp, i == 0 ? grad_dense + b * D : grad_sparse + (b * F + i - 1) * D, D);
     }
   }
