@@ -1,14 +1,18 @@
-"""The native CPU dot interaction against the same sums written as torch element-wise ops, and where it is used."""
+"""The native CPU dot interaction against the same sums written as torch element-wise ops, its reading of
+features in another stored order, and where it is used."""
 from __future__ import annotations
 
 import logging
 
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_models.config import ConfigError, load_config
 from torchrec_models.kernels import dot_interaction as native
+from torchrec_models.models import build_model, compile_dense_parts
 from torchrec_models.models.interaction import SymmetricInteractionArch
+from torchrec_models.models.sparse_stack import stack_pooled
 
 from conftest import TINY
 
@@ -133,3 +137,41 @@ def test_a_failed_build_is_an_error_only_when_native_was_asked_for(native_on, mo
     with caplog.at_level(logging.WARNING):
         native.apply(load_config(TINY).train, "cpu")
     assert not native.enabled() and "not built" in caplog.text
+
+
+def test_features_read_through_an_order_as_from_a_reordered_copy(native_on):
+    dense, sparse = _inputs(torch.float32)
+    order = torch.tensor([3, 0, 4, 1, 2])  # model feature i is stored at position order[i]
+    stored = torch.empty_like(sparse)
+    stored[:, order] = sparse
+    ops = torch.ops.torchrec_models_interaction
+    assert torch.equal(ops.dot_interaction_forward(dense, stored, order), ops.dot_interaction_forward(dense, sparse))
+    grad = torch.randn(B, D + N * F // 2, generator=torch.Generator().manual_seed(3))
+    got_dense, got_stored = ops.dot_interaction_backward(grad, dense, stored, order)
+    want_dense, want_sparse = ops.dot_interaction_backward(grad, dense, sparse)
+    assert torch.equal(got_dense, want_dense) and torch.equal(got_stored[:, order], want_sparse)
+    with pytest.raises(RuntimeError, match="not a permutation"):
+        ops.dot_interaction_forward(dense, stored, torch.tensor([0, 0, 1, 2, 3]))
+
+
+def test_pooled_embeddings_in_another_key_order_give_the_stacked_result(native_on):
+    names = [f"f{i}" for i in range(F)]
+    values = torch.randn(B, F * D, requires_grad=True)
+    pooled = KeyedTensor(keys=names[::-1], length_per_key=[D] * F, values=values)  # as an all-to-all may return them
+    dense = torch.randn(B, D)
+    arch = SymmetricInteractionArch(F)
+    got = arch.forward_pooled(dense, pooled, names, D)
+    assert type(got.grad_fn).__name__ == "NativeDotInteractionBackward"
+    weights = torch.linspace(-1, 1, got.size(1))
+    (got * weights).sum().backward()
+    got_grad, values.grad = values.grad, None
+    want = arch(dense, stack_pooled(pooled, names, F, D))
+    (want * weights).sum().backward()
+    assert torch.equal(got, want) and torch.equal(got_grad, values.grad)
+
+
+def test_compiled_dense_parts_take_the_stacked_embeddings():
+    model = build_model(load_config(TINY).model, torch.device("cpu"), seed=0)
+    assert model.model.pooled_interaction
+    compile_dense_parts(model)
+    assert not model.model.pooled_interaction

@@ -68,16 +68,20 @@ def usable(dense: torch.Tensor, sparse: torch.Tensor) -> bool:
 
 
 class NativeDotInteraction(torch.autograd.Function):
-    """(dense [B, D], sparse [B, F, D]) -> [B, D + N(N-1)/2]: the dense vector, then the dot products
-    of the N = F + 1 vectors, pairs i < j in row-major order (torchrec's)."""
+    """(dense [B, D], sparse [B, F, D], order) -> [B, D + N(N-1)/2]: the dense vector, then the dot
+    products of the N = F + 1 vectors (dense, sparse[:, order[0]], ..., sparse[:, order[F-1]]), pairs
+    i < j in row-major order (torchrec's). ``order`` None: the stored order."""
 
     @staticmethod
-    def forward(ctx, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, dense: torch.Tensor, sparse: torch.Tensor, order: torch.Tensor | None = None) -> torch.Tensor:
         dense, sparse = dense.contiguous(), sparse.contiguous()
         ctx.save_for_backward(dense, sparse)
-        return torch.ops.torchrec_models_interaction.dot_interaction_forward(dense, sparse)
+        ctx.order = order
+        return torch.ops.torchrec_models_interaction.dot_interaction_forward(dense, sparse, order)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         dense, sparse = ctx.saved_tensors
-        return torch.ops.torchrec_models_interaction.dot_interaction_backward(grad, dense, sparse)
+        grad_dense, grad_sparse = torch.ops.torchrec_models_interaction.dot_interaction_backward(
+            grad, dense, sparse, ctx.order)
+        return grad_dense, grad_sparse, None

@@ -2,10 +2,13 @@
 //
 // Forward: [dense | dots], where the N = F + 1 vectors of an example are (dense, sparse 0..F-1)
 // and dots are the N(N-1)/2 pairwise dot products i < j in row-major order (torchrec's
-// InteractionArch order). Each example's vectors are read once into a transposed fp32 block that
-// stays in L1, the dots are summed in fp32 over d ascending and rounded once to the output type,
-// and the output row is written once: no [B, N, D] stack, no [B, N, N] matrix, no gather of its
-// upper triangle, no final concatenation.
+// InteractionArch order). The sparse vectors may be stored in another feature order (the pooled
+// embeddings as the all-to-all returned them): they are read in the model's order through a
+// permutation instead of a reordered copy, and their gradients written back in the stored order.
+// Each example's vectors are read once into a transposed fp32 block that stays in L1, the dots are
+// summed in fp32 over d ascending and rounded once to the output type, and the output row is
+// written once: no [B, N, D] stack, no [B, N, N] matrix, no gather of its upper triangle, no final
+// concatenation.
 //
 // Backward: the gradient of the kept dots, g(i, j) = g(j, i), gives each vector's gradient
 // sum_{j != i} g(i, j) x_j (summed in fp32 over j ascending); the dense vector's also takes the
@@ -14,8 +17,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -66,10 +69,13 @@ template <typename T>
 struct Vectors {
   const T* dense;   // [B, D], row stride dense_stride
   const T* sparse;  // [B, F, D], strides sparse_b, sparse_f
+  const int64_t* order;  // vector n >= 1 is sparse feature order[n - 1]
   int64_t dense_stride, sparse_b, sparse_f, N, D;
 
+  int64_t feature(int64_t n) const { return order[n - 1]; }
+
   const T* row(int64_t b, int64_t n) const {
-    return n == 0 ? dense + b * dense_stride : sparse + b * sparse_b + (n - 1) * sparse_f;
+    return n == 0 ? dense + b * dense_stride : sparse + b * sparse_b + feature(n) * sparse_f;
   }
 };
 
@@ -168,7 +174,8 @@ void backward_examples(const Vectors<T>& x, const T* grad, int64_t grad_stride, 
     for (int64_t i0 = 0; i0 < N; i0 += kGradRows) {
       gradient_pass(s, pair_grad, passthrough.data(), i0, N, D);
       for (int64_t i = i0; i < std::min(i0 + kGradRows, N); ++i)
-        store(s.sums.data() + (i - i0) * s.Dp, i == 0 ? grad_dense + b * D : grad_sparse + (b * F + i - 1) * D, D);
+        store(s.sums.data() + (i - i0) * s.Dp, i == 0 ? grad_dense + b * D : grad_sparse + (b * F + x.feature(i)) * D,
+              D);
     }
   }
 }
@@ -178,26 +185,43 @@ constexpr int64_t kGrain = 32;  // examples per task
 #define AT_DISPATCH_CASE_FP32_BF16(...) \
   AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__)
 
-void check_inputs(const at::Tensor& dense, const at::Tensor& sparse) {
+void check_inputs(const at::Tensor& dense, const at::Tensor& sparse, const at::Tensor& order) {
   TORCH_CHECK(dense.dim() == 2 && sparse.dim() == 3, "dot interaction: dense [B, D] and sparse [B, F, D]");
   TORCH_CHECK(dense.size(0) == sparse.size(0) && dense.size(1) == sparse.size(2),
               "dot interaction: dense ", dense.sizes(), " and sparse ", sparse.sizes(), " do not match");
   TORCH_CHECK(dense.scalar_type() == sparse.scalar_type(), "dot interaction: dense and sparse differ in dtype");
   TORCH_CHECK(dense.stride(1) == 1 && sparse.stride(2) == 1, "dot interaction: vectors must be contiguous");
+  TORCH_CHECK(order.scalar_type() == at::kLong && order.dim() == 1 && order.size(0) == sparse.size(1),
+              "dot interaction: feature order must be ", sparse.size(1), " int64 positions");
+  const int64_t F = sparse.size(1);
+  std::vector<bool> seen(F, false);
+  for (int64_t f = 0; f < F; ++f) {
+    const int64_t k = order.data_ptr<int64_t>()[f];
+    TORCH_CHECK(k >= 0 && k < F && !seen[k], "dot interaction: feature order is not a permutation of 0..", F - 1);
+    seen[k] = true;
+  }
+}
+
+// The identity when no order is given.
+at::Tensor feature_order(const std::optional<at::Tensor>& order, const at::Tensor& sparse) {
+  if (order.has_value() && order->defined()) return order->to(at::kCPU).contiguous();
+  return at::arange(sparse.size(1), sparse.options().dtype(at::kLong));
 }
 
 template <typename T>
-Vectors<T> vectors(const at::Tensor& dense, const at::Tensor& sparse) {
-  return Vectors<T>{dense.data_ptr<T>(), sparse.data_ptr<T>(), dense.stride(0), sparse.stride(0), sparse.stride(1),
-                    sparse.size(1) + 1, dense.size(1)};
+Vectors<T> vectors(const at::Tensor& dense, const at::Tensor& sparse, const at::Tensor& order) {
+  return Vectors<T>{dense.data_ptr<T>(), sparse.data_ptr<T>(), order.data_ptr<int64_t>(), dense.stride(0),
+                    sparse.stride(0), sparse.stride(1), sparse.size(1) + 1, dense.size(1)};
 }
 
-at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sparse) {
-  check_inputs(dense, sparse);
+at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sparse,
+                                   const std::optional<at::Tensor>& order) {
+  const at::Tensor ord = feature_order(order, sparse);
+  check_inputs(dense, sparse, ord);
   const int64_t B = dense.size(0), D = dense.size(1), N = sparse.size(1) + 1;
   at::Tensor out = at::empty({B, D + N * (N - 1) / 2}, dense.options());
   AT_DISPATCH_SWITCH(dense.scalar_type(), "dot_interaction_forward", AT_DISPATCH_CASE_FP32_BF16([&] {
-    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse);
+    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord);
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
       forward_examples(x, dst, out.stride(0), begin, end);
@@ -206,9 +230,12 @@ at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sp
   return out;
 }
 
+// Gradients of dense [B, D] and of sparse [B, F, D] in sparse's own feature positions.
 std::tuple<at::Tensor, at::Tensor> dot_interaction_backward(const at::Tensor& grad_out, const at::Tensor& dense,
-                                                            const at::Tensor& sparse) {
-  check_inputs(dense, sparse);
+                                                            const at::Tensor& sparse,
+                                                            const std::optional<at::Tensor>& order) {
+  const at::Tensor ord = feature_order(order, sparse);
+  check_inputs(dense, sparse, ord);
   const int64_t B = dense.size(0), D = dense.size(1), N = sparse.size(1) + 1;
   TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == B && grad_out.size(1) == D + N * (N - 1) / 2,
               "dot interaction: gradient of shape ", grad_out.sizes(), " for ", N, " vectors of ", D);
@@ -216,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward(const at::Tensor& gr
   at::Tensor grad_dense = at::empty({B, D}, dense.options());
   at::Tensor grad_sparse = at::empty({B, N - 1, D}, dense.options());
   AT_DISPATCH_SWITCH(dense.scalar_type(), "dot_interaction_backward", AT_DISPATCH_CASE_FP32_BF16([&] {
-    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse);
+    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord);
     at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
       backward_examples(x, grad.data_ptr<scalar_t>(), grad.stride(0), grad_dense.data_ptr<scalar_t>(),
                         grad_sparse.data_ptr<scalar_t>(), begin, end);
@@ -228,8 +255,8 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward(const at::Tensor& gr
 }  // namespace
 
 TORCH_LIBRARY(torchrec_models_interaction, m) {
-  m.def("dot_interaction_forward(Tensor dense, Tensor sparse) -> Tensor");
-  m.def("dot_interaction_backward(Tensor grad_out, Tensor dense, Tensor sparse) -> (Tensor, Tensor)");
+  m.def("dot_interaction_forward(Tensor dense, Tensor sparse, Tensor? order=None) -> Tensor");
+  m.def("dot_interaction_backward(Tensor grad_out, Tensor dense, Tensor sparse, Tensor? order=None) -> (Tensor, Tensor)");
   m.impl("dot_interaction_forward", c10::DispatchKey::CPU, TORCH_FN(dot_interaction_forward));
   m.impl("dot_interaction_backward", c10::DispatchKey::CPU, TORCH_FN(dot_interaction_backward));
 }

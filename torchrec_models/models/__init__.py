@@ -24,7 +24,9 @@ def build_model(
 
 def compile_dense_parts(model: nn.Module) -> None:
     """Compiles each dense part in place (Inductor fuses the element-wise ops around the GEMMs);
-    parameter names, hence checkpoints, do not change."""
+    parameter names, hence checkpoints, do not change. The interaction then takes the stacked
+    pooled embeddings (a tensor, which the compiled graph is traced for)."""
+    model.model.pooled_interaction = False
     for part in model.dense_parts():
         part.compile(dynamic=False)
 

@@ -82,13 +82,20 @@ class _SparseFirst:
     """DLRM's forward with the table lookups started before the bottom MLP: a sharded collection
     returns its pooled embeddings while their all-to-all is still in flight, so the bottom MLP runs
     during it, and in backward (autograd takes the later-made ops first) its gradient is computed
-    while the embeddings' gradients travel back. Same arithmetic and module tree as torchrec's."""
+    while the embeddings' gradients travel back. Same arithmetic and module tree as torchrec's.
+    With ``pooled_interaction`` the interaction takes the pooled output as it is (no stacked copy)."""
+
+    pooled_interaction = False
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.sparse_arch.embedding_bag_collection(sparse_features)
         embedded_dense = self.dense_arch(dense_features)
-        embedded_sparse = self.sparse_arch.stack(pooled)
-        return self.over_arch(self.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse))
+        if self.pooled_interaction:
+            arch = self.sparse_arch
+            interaction = self.inter_arch.forward_pooled(embedded_dense, pooled, arch.sparse_feature_names, arch.D)
+        else:
+            interaction = self.inter_arch(dense_features=embedded_dense, sparse_features=self.sparse_arch.stack(pooled))
+        return self.over_arch(interaction)
 
 
 class SparseFirstDLRM(_SparseFirst, DLRM):
@@ -122,5 +129,6 @@ def _build_dlrm(cfg: ModelConfig, ebc: EmbeddingBagCollection, dense_device: tor
     else:
         dlrm = SparseFirstDLRM(**common)
         dlrm.inter_arch = SymmetricInteractionArch(dlrm.inter_arch.F, dense_device)
+        dlrm.pooled_interaction = True
     dlrm.sparse_arch = StackedSparseArch(ebc)
     return dlrm

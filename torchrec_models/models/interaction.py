@@ -12,8 +12,10 @@ from __future__ import annotations
 import torch
 import torch.fx
 from torchrec.models.dlrm import InteractionArch
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_models.kernels import dot_interaction as native
+from torchrec_models.models.sparse_stack import pooled_in_key_order, stack_pooled
 
 
 def _pair_positions(triu_indices: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,8 +45,7 @@ class _PairwiseDots(torch.autograd.Function):
 
 def dot_interaction(dense: torch.Tensor, sparse: torch.Tensor, upper: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
     """[dense, pairwise dots of (dense, sparse...)]; under autocast the dots run in its dtype."""
-    device_type = dense.device.type
-    dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dense.dtype
+    dtype = _compute_dtype(dense)
     if dense.dtype == dtype and native.usable(dense, sparse := sparse.to(dtype)):
         return native.NativeDotInteraction.apply(dense, sparse)
     combined = torch.cat((dense.unsqueeze(1), sparse.to(dense.dtype)), dim=1).to(dtype)
@@ -53,6 +54,27 @@ def dot_interaction(dense: torch.Tensor, sparse: torch.Tensor, upper: torch.Tens
 
 
 torch.fx.wrap("dot_interaction")  # a leaf for the pipeline's symbolic trace
+
+
+def _compute_dtype(dense: torch.Tensor) -> torch.dtype:
+    device_type = dense.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dense.dtype
+
+
+def dot_interaction_of_pooled(dense: torch.Tensor, pooled: KeyedTensor, names: list[str], dim: int,
+                              upper: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
+    """``dot_interaction`` of the pooled embeddings taken in ``names`` order: the CPU kernel reads
+    them where they lie (after two ranks' all-to-all, in the plan's order); otherwise they are
+    stacked in that order first."""
+    by_key = pooled_in_key_order(pooled, names, len(names), dim) if native.enabled() else None
+    if by_key is not None and dense.dtype == _compute_dtype(dense):
+        values, order = by_key
+        if native.usable(dense, values := values.to(dense.dtype)):
+            return native.NativeDotInteraction.apply(dense, values, order)
+    return dot_interaction(dense, stack_pooled(pooled, names, len(names), dim), upper, both)
+
+
+torch.fx.wrap("dot_interaction_of_pooled")
 
 
 class SymmetricInteractionArch(InteractionArch):
@@ -70,3 +92,7 @@ class SymmetricInteractionArch(InteractionArch):
         if self.F <= 0:
             return dense_features
         return dot_interaction(dense_features, sparse_features, self.pair_upper, self.pair_both)
+
+    def forward_pooled(self, dense_features: torch.Tensor, pooled: KeyedTensor, names: list[str], dim: int) -> torch.Tensor:
+        """The same, from the collection's pooled output and the feature names in the model's order."""
+        return dot_interaction_of_pooled(dense_features, pooled, names, dim, self.pair_upper, self.pair_both)

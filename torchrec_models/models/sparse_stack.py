@@ -7,6 +7,8 @@ backward. When the output's keys are already in that order with one width, the v
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.fx
 from torchrec.models.dlrm import SparseArch
@@ -22,6 +24,25 @@ def stack_pooled(pooled: KeyedTensor, names: list[str], num_features: int, dim: 
 
 
 torch.fx.wrap("stack_pooled")  # a leaf for the pipeline's symbolic trace
+
+
+@lru_cache(maxsize=64)
+def _positions(keys: tuple[str, ...], names: tuple[str, ...]) -> torch.Tensor | None:
+    """Where each of ``names`` sits among ``keys``; None when they are in the same order."""
+    if keys == names:
+        return None
+    where = {key: i for i, key in enumerate(keys)}
+    return torch.tensor([where[name] for name in names], dtype=torch.long)
+
+
+def pooled_in_key_order(pooled: KeyedTensor, names: list[str], num_features: int,
+                        dim: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The pooled values viewed as [B, F, D] in their own key order, and the positions of ``names``
+    among them (None: already in that order); None when they are not F blocks of D (as named)."""
+    keys = pooled.keys()
+    if pooled.key_dim() != 1 or sorted(keys) != sorted(names) or any(n != dim for n in pooled.length_per_key()):
+        return None
+    return pooled.values().reshape(-1, num_features, dim), _positions(tuple(keys), tuple(names))
 
 
 class StackedSparseArch(SparseArch):
