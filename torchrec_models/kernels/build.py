@@ -28,13 +28,15 @@ def _cpu_signature() -> str:
 
 def build_extension(source: Path) -> None:
     """Compiles and loads ``source`` (its ops register on load), cached under ~/.cache/torch_extensions
-    in one folder per source content, flags and CPU, so an edited source or another CPU never loads an old build."""
+    in one folder per source and header content, flags and CPU, so an edited source or another CPU
+    never loads an old build."""
     import ninja  # torch's builder runs the `ninja` found on PATH: this interpreter's, even outside a venv shell
     from torch.utils import cpp_extension
 
     if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    key = source.read_bytes() + " ".join(CFLAGS + LDFLAGS).encode() + _cpu_signature().encode()
+    headers = b"".join(path.read_bytes() for path in sorted(source.parent.glob("*.h")))  # the sources' includes
+    key = source.read_bytes() + headers + " ".join(CFLAGS + LDFLAGS).encode() + _cpu_signature().encode()
     name = f"torchrec_models_{source.stem}_{hashlib.sha256(key).hexdigest()[:12]}"
     if name in _loaded:
         return

@@ -22,31 +22,12 @@
 #include <cstring>
 #include <vector>
 
+#include "float_rows.h"
+
 namespace {
 
-inline void load(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
-
-inline void load(const at::BFloat16* src, float* dst, int64_t n) {
-  const uint16_t* in = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t k = 0; k < n; ++k) {
-    const uint32_t bits = static_cast<uint32_t>(in[k]) << 16;
-    std::memcpy(dst + k, &bits, sizeof(bits));
-  }
-}
-
-inline void store(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
-
-// Rounded to nearest even, as torch's casts do; integer arithmetic so that it vectorizes.
-inline void store(const float* src, at::BFloat16* dst, int64_t n) {
-  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t k = 0; k < n; ++k) {
-    uint32_t bits;
-    std::memcpy(&bits, src + k, sizeof(bits));
-    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-    out[k] = nan ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
-  }
-}
+using torchrec_models::load_row;
+using torchrec_models::store_row;
 
 // Where the pairs (i, i+1), ..., (i, N-1) start among the dots.
 inline int64_t pairs_before(int64_t i, int64_t N) { return i * (N - 1) - i * (i - 1) / 2; }
@@ -96,7 +77,7 @@ struct Scratch {
 
   template <typename T>
   void read(const Vectors<T>& x, int64_t b, bool columns) {
-    for (int64_t n = 0; n < x.N; ++n) load(x.row(b, n), rows.data() + n * Dp, x.D);
+    for (int64_t n = 0; n < x.N; ++n) load_row(x.row(b, n), rows.data() + n * Dp, x.D);
     if (!columns) return;
     for (int64_t n = 0; n < x.N; ++n)
       for (int64_t d = 0; d < x.D; ++d) cols[d * Np + n] = rows[n * Dp + d];
@@ -128,7 +109,7 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
     for (int64_t i0 = 0; i0 + 1 < N; i0 += kDotRows) {
       dots_pass(s, i0, (i0 + 1) / kLanes * kLanes, D);
       for (int64_t i = i0; i < std::min(i0 + kDotRows, N - 1); ++i)
-        store(s.sums.data() + (i - i0) * s.Np + i + 1, dst + D + pairs_before(i, N), N - 1 - i);
+        store_row(s.sums.data() + (i - i0) * s.Np + i + 1, dst + D + pairs_before(i, N), N - 1 - i);
     }
   }
 }
@@ -136,7 +117,7 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
 // pair_grad[i, j] = pair_grad[j, i] = the gradient of dot (i, j); zero on the diagonal and past row N.
 template <typename T>
 void symmetric_gradient(const T* dots_grad, int64_t N, std::vector<float>& triangle, std::vector<float>& pair_grad) {
-  load(dots_grad, triangle.data(), N * (N - 1) / 2);
+  load_row(dots_grad, triangle.data(), N * (N - 1) / 2);
   for (int64_t i = 0; i < N; ++i) {
     pair_grad[i * N + i] = 0.0f;
     for (int64_t j = i + 1; j < N; ++j)
@@ -169,13 +150,14 @@ void backward_examples(const Vectors<T>& x, const T* grad, int64_t grad_stride, 
   for (int64_t b = begin; b < end; ++b) {
     s.read(x, b, /*columns=*/false);
     const T* g = grad + b * grad_stride;
-    load(g, passthrough.data(), D);
+    load_row(g, passthrough.data(), D);
     symmetric_gradient(g + D, N, triangle, pair_grad);
     for (int64_t i0 = 0; i0 < N; i0 += kGradRows) {
       gradient_pass(s, pair_grad, passthrough.data(), i0, N, D);
-      for (int64_t i = i0; i < std::min(i0 + kGradRows, N); ++i)
-        store(s.sums.data() + (i - i0) * s.Dp, i == 0 ? grad_dense + b * D : grad_sparse + (b * F + x.feature(i)) * D,
-              D);
+      for (int64_t i = i0; i < std::min(i0 + kGradRows, N); ++i) {
+        T* dst = i == 0 ? grad_dense + b * D : grad_sparse + (b * F + x.feature(i)) * D;
+        store_row(s.sums.data() + (i - i0) * s.Dp, dst, D);
+      }
     }
   }
 }

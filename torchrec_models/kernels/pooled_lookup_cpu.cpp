@@ -12,6 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include "float_rows.h"
+
 namespace {
 
 constexpr int64_t kPoolingSum = 0;
@@ -27,24 +29,7 @@ at::ScalarType output_scalar_type(int64_t output_dtype) {
   }
 }
 
-// fp32 -> output element, rounded to nearest even as torch's casts do; the bf16 case is written
-// as integer arithmetic so that the compiler vectorizes it (c10::BFloat16's conversion does not).
-template <typename out_t>
-inline void store(const float* src, out_t* dst, int64_t D) {
-  for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<out_t>(src[d]);
-}
-
-template <>
-inline void store<at::BFloat16>(const float* src, at::BFloat16* dst, int64_t D) {
-  uint16_t* out = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t d = 0; d < D; ++d) {
-    uint32_t bits;
-    std::memcpy(&bits, src + d, sizeof(bits));
-    const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    const bool nan = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-    out[d] = nan ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
-  }
-}
+using torchrec_models::store_row;
 
 template <typename weight_t, typename out_t, typename index_t>
 struct Lookup {
@@ -91,7 +76,7 @@ struct Lookup {
         const float mean = 1.0f / (last - first);
         for (int64_t d = 0; d < D; ++d) acc[d] *= mean;
       }
-      store(acc, output + b * total_D + D_offsets[f], D);
+      store_row(acc, output + b * total_D + D_offsets[f], D);
     }
   }
 };
