@@ -3,6 +3,7 @@ features in another stored order, and where it is used."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -175,3 +176,13 @@ def test_compiled_dense_parts_take_the_stacked_embeddings():
     assert model.model.pooled_interaction
     compile_dense_parts(model)
     assert not model.model.pooled_interaction
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core")
+def test_kernels_run_their_loops_on_the_intra_op_threads(native_on):
+    was = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.ops.torchrec_models_interaction.parallel_threads(64) == 2
+    finally:
+        torch.set_num_threads(was)

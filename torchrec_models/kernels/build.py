@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 from pathlib import Path
+from typing import Callable
+
+from torchrec_models.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 # -march=native: the lookup's and update's loops vectorize to the machine's own registers (the
 # lookup ran 1.6x faster than its baseline x86-64 build on the benchmark machine); no FMA
@@ -44,3 +50,18 @@ def build_extension(source: Path) -> None:
     cpp_extension.load(name=name, sources=[str(source)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                        is_python_module=False, verbose=False)
     _loaded.add(name)
+
+
+def build_or_fall_back(build: Callable[[], None], required: bool, config_key: str, choices: str, what: str,
+                       fallback: str) -> bool:
+    """Runs ``build``; returns whether it succeeded. A failure raises a ConfigError naming
+    ``config_key`` (and the other ``choices``) if the native kernel was ``required``, else logs that
+    ``fallback`` is used."""
+    try:
+        build()
+        return True
+    except Exception as err:  # no compiler, no ninja, a read-only cache dir
+        if required:
+            raise ConfigError(config_key, f"'native' could not be built ({err}); use {choices}") from err
+        log.warning("native %s not built (%s): %s is used", what, err, fallback)
+        return False

@@ -10,16 +10,13 @@ compiled graphs) keep the torch composition.
 """
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 
 import torch
 
-from torchrec_models.config import ConfigError, TrainConfig
-from torchrec_models.kernels.build import build_extension
-
-log = logging.getLogger(__name__)
+from torchrec_models.config import TrainConfig
+from torchrec_models.kernels.build import build_extension, build_or_fall_back
 
 SOURCE = Path(__file__).with_name("dot_interaction_cpu.cpp")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -32,13 +29,8 @@ def enable(required: bool) -> bool:
     else logs and keeps the torch composition. Returns whether it is in use."""
     with _lock:
         if not _state["built"]:
-            try:
-                build_extension(SOURCE)
-            except Exception as err:  # no compiler, no ninja, a read-only cache dir
-                if required:
-                    raise ConfigError("train.cpu_interaction", f"'native' could not be built ({err}); "
-                                      "use 'auto' or 'torch'") from err
-                log.warning("native dot interaction not built (%s): the torch composition is used", err)
+            if not build_or_fall_back(lambda: build_extension(SOURCE), required, "train.cpu_interaction",
+                                      "'auto' or 'torch'", "dot interaction", "the torch composition"):
                 return False
             _state["built"] = True
         _state["enabled"] = True

@@ -234,9 +234,18 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward(const at::Tensor& gr
   return {grad_dense, grad_sparse};
 }
 
+// How many threads at::parallel_for runs n single-item tasks on: more than one only when the build
+// has OpenMP (the loop is compiled into this file).
+int64_t parallel_threads(int64_t n) {
+  std::vector<int> used(at::get_num_threads(), 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { used[at::get_thread_num()] = 1; });
+  return std::count(used.begin(), used.end(), 1);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(torchrec_models_interaction, m) {
+  m.def("parallel_threads(int n) -> int", &parallel_threads);
   m.def("dot_interaction_forward(Tensor dense, Tensor sparse, Tensor? order=None) -> Tensor");
   m.def("dot_interaction_backward(Tensor grad_out, Tensor dense, Tensor sparse, Tensor? order=None) -> (Tensor, Tensor)");
   m.impl("dot_interaction_forward", c10::DispatchKey::CPU, TORCH_FN(dot_interaction_forward));

@@ -1,7 +1,6 @@
 """One of FBGEMM's CPU ops served by a kernel of this package while it is installed."""
 from __future__ import annotations
 
-import logging
 import threading
 import warnings
 from pathlib import Path
@@ -9,10 +8,7 @@ from typing import Callable
 
 import torch
 
-from torchrec_models.config import ConfigError
-from torchrec_models.kernels.build import build_extension
-
-log = logging.getLogger(__name__)
+from torchrec_models.kernels.build import build_extension, build_or_fall_back
 
 
 class CpuOverride:
@@ -33,13 +29,8 @@ class CpuOverride:
         with self._lock:
             if self._library is not None:
                 return True
-            try:
-                self.build()
-            except Exception as err:  # no compiler, no ninja, a read-only cache dir
-                if required:
-                    raise ConfigError(self.config_key, f"'native' could not be built ({err}); "
-                                      "use 'auto' or 'fbgemm'") from err
-                log.warning("native %s not built (%s): FBGEMM's CPU kernel is used", self.what, err)
+            if not build_or_fall_back(self.build, required, self.config_key, "'auto' or 'fbgemm'", self.what,
+                                      "FBGEMM's CPU kernel"):
                 return False
             library = torch.library.Library("fbgemm", "IMPL")
             with warnings.catch_warnings():
