@@ -1,4 +1,5 @@
-"""``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR``."""
+"""``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR`` |
+``ab --row NAME --b KEY=VALUE``."""
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,39 @@ def _soak(argv: list[str]) -> int:
     return 0
 
 
+def _ab(argv: list[str]) -> int:
+    from benchmarks.ab import Plan, format_record, run_ab
+    from benchmarks.suites import SUITES
+    from torchrec_models.config import ConfigError
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks ab",
+                                description="a suite row (A) against the same row with overrides (B), "
+                                            "windows alternating in the same processes")
+    p.add_argument("--row", required=True, help="exact row name, e.g. criteo/ws1/fp32")
+    p.add_argument("--suite", default="cpu", choices=sorted(SUITES))
+    p.add_argument("--b", dest="b_overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides of arm B (none: A against itself, the noise floor)")
+    p.add_argument("--pairs", type=int, default=12)
+    p.add_argument("--window", type=int, default=5, help="steps per window")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps of each arm first")
+    p.add_argument("--out", type=Path, help="appends the record to OUT/ab.jsonl")
+    args = p.parse_args(argv)
+    rows = {r.name: r for r in SUITES[args.suite]()}
+    if args.row not in rows:
+        print(f"error: no row {args.row!r} in suite {args.suite!r}", file=sys.stderr)
+        return 2
+    if min(args.pairs, args.window) < 1 or args.warmup < 0:
+        print("error: --pairs and --window must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    try:
+        record = run_ab(rows[args.row], args.b_overrides, Plan(args.pairs, args.window, args.warmup), args.out)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_record(record))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_noise()
@@ -52,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(argv[1:])
         print(format_comparison(compare_dirs(args.a, args.b)))
         return 0
+    if argv[:1] == ["ab"]:
+        return _ab(argv[1:])
     if argv[:1] == ["soak"]:
         return _soak(argv[1:])
     if argv[:1] == ["report"]:

@@ -6,6 +6,7 @@ from torch import nn
 
 from torchrec_models.config import ModelConfig
 from torchrec_models.models.dlrm import RankingModel, set_output_bias
+from torchrec_models.models.mlp import fuse_relu_layers
 
 
 def build_model(
@@ -16,10 +17,13 @@ def build_model(
     table_device: torch.device | str = "meta",
 ) -> nn.Module:
     """The model ``cfg.arch`` names (its task builds it): tables on ``table_device``, the dense
-    part seeded on ``dense_device``."""
+    part seeded on ``dense_device``. Its Linear + ReLU layers take the fused CPU kernel when
+    ``train.cpu_mlp`` has it in place (same parameters either way)."""
     from torchrec_models.tasks import task_for_arch
 
-    return task_for_arch(cfg.arch).build_model(cfg, dense_device, seed, autocast_dtype, table_device)
+    model = task_for_arch(cfg.arch).build_model(cfg, dense_device, seed, autocast_dtype, table_device)
+    fuse_relu_layers(model)
+    return model
 
 
 def compile_dense_parts(model: nn.Module) -> None:

@@ -10,7 +10,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
-from torchrec_models.kernels import dot_interaction, pooled_lookup, rowwise_adagrad
+from torchrec_models.kernels import dot_interaction, linear_relu, pooled_lookup, rowwise_adagrad
 from torchrec_models.runtime import host_memory
 from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
@@ -22,16 +22,24 @@ def autocast_dtype(cfg: Config) -> torch.dtype | None:
     return torch.bfloat16 if cfg.train.precision == "bf16" else None
 
 
+def apply_process_settings(cfg: Config, env: DistEnv) -> None:
+    """The settings that hold for the whole process, not one model: dense math flags, which CPU
+    kernels serve FBGEMM's ops and DLRM's interaction, the allocator's thresholds. Applied when a
+    model is built; a process that steps two models in turn applies each one's before its steps."""
+    set_dense_math(env.device, cfg.train.tf32)
+    rowwise_adagrad.apply(cfg.train, env.device.type)
+    pooled_lookup.apply(cfg, env.device.type)
+    dot_interaction.apply(cfg.train, env.device.type)
+    linear_relu.apply(cfg.train, env.device.type)
+    host_memory.apply(cfg.train, env.device.type)
+
+
 def build_sharded_model(
     cfg: Config, env: DistEnv, prepare: Callable[[nn.Module], None] | None = None
 ) -> tuple[DistributedModelParallel, PlanResult]:
     """The DMP-wrapped model with this rank's shards, initialized independently of the plan;
     ``prepare`` (the task's data-dependent set-up) sees the unsharded model first."""
-    set_dense_math(env.device, cfg.train.tf32)
-    rowwise_adagrad.apply(cfg.train, env.device.type)
-    pooled_lookup.apply(cfg, env.device.type)
-    dot_interaction.apply(cfg.train, env.device.type)
-    host_memory.apply(cfg.train, env.device.type)
+    apply_process_settings(cfg, env)
     model = build_model(cfg.model, env.device, cfg.train.seed, autocast_dtype(cfg))
     if prepare is not None:
         prepare(model)

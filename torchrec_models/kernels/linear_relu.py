@@ -1,0 +1,100 @@
+"""An MLP layer, relu(x W^T + b), with no element-wise pass of its own, on the CPU.
+
+torch's composition ``relu(linear(x))`` writes the ReLU's output as a second [B, N] tensor, and in
+backward makes the masked gradient in one pass and sums it for the bias in another. Here the
+forward is one library call that applies bias and ReLU inside the GEMM (oneDNN's fused linear in
+bf16, where torch's bf16 ``addmm`` is the slower path; ``addmm`` and an in-place ReLU in fp32), so
+the values are torch's bit for bit, and the backward masks and sums in one pass
+(``linear_relu_cpu.cpp``). The GEMMs are the libraries'. Other devices and compiled graphs keep
+the composition.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import torch
+
+from torchrec_models.config import TrainConfig
+from torchrec_models.kernels.build import build_extension, build_or_fall_back
+
+SOURCE = Path(__file__).with_name("linear_relu_cpu.cpp")
+DTYPES = (torch.float32, torch.bfloat16)
+_lock = threading.Lock()
+_state = {"built": False, "enabled": False}
+
+
+def enable(required: bool) -> bool:
+    """Builds the kernel once and uses it from now on; a failed build raises if ``required``,
+    else logs and keeps the torch composition. Returns whether it is in use."""
+    with _lock:
+        if not _state["built"]:
+            if not build_or_fall_back(lambda: build_extension(SOURCE), required, "train.cpu_mlp",
+                                      "'auto' or 'torch'", "MLP bias and ReLU", "the torch composition"):
+                return False
+            _state["built"] = True
+        _state["enabled"] = True
+        return True
+
+
+def disable() -> None:
+    _state["enabled"] = False
+
+
+def enabled() -> bool:
+    return _state["enabled"]
+
+
+def apply(cfg: TrainConfig, device_type: str) -> None:
+    """In use for a CPU run unless ``train.cpu_mlp`` is 'torch'."""
+    if device_type == "cpu" and cfg.cpu_mlp != "torch":
+        enable(required=cfg.cpu_mlp == "native")
+    else:
+        disable()
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a CPU linear layer computes ``x`` in: autocast's when it is on, else ``x``'s own."""
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether a layer with input ``x`` goes through the kernel."""
+    return (_state["enabled"] and x.device.type == "cpu" and compute_dtype(x) in DTYPES and x.dim() == 2
+            and not torch.compiler.is_compiling())
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN runs bf16 matrix products on this CPU (AVX-512 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+class LinearReLU(torch.autograd.Function):
+    """(x [B, K], weight [N, K], bias [N]) -> relu(x weight^T + bias), all of one dtype."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and _onednn_bf16():
+            out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
+        else:
+            out = torch.addmm(bias, x, weight.t()).relu_()
+        ctx.save_for_backward(x, weight, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight, out = ctx.saved_tensors
+        grad_pre, grad_bias = torch.ops.torchrec_models_linear.relu_bias_backward(grad_out, out)
+        grad_x = torch.mm(grad_pre, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.mm(grad_pre.t(), x) if ctx.needs_input_grad[1] else None
+        return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None
+
+
+def linear_relu(x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
+    """``relu(linear(x))`` through the kernel, in autocast's dtype when autocast is on (the weight
+    and bias cast as autocast would cast them; their gradients flow back to the fp32 parameters)."""
+    dtype = compute_dtype(x)
+    with torch.autocast("cpu", enabled=False):
+        return LinearReLU.apply(x.to(dtype), linear.weight.to(dtype), linear.bias.to(dtype))
