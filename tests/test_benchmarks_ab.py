@@ -27,12 +27,20 @@ def test_windows_alternate_and_each_runs_under_its_arms_settings(monkeypatch):
     assert applied == ["auto", "torch", "auto", "torch", "auto", "torch", "torch", "auto", "auto", "torch"]
 
 
+def test_median_interval_is_the_binomial_order_statistics():
+    values = [float(v) for v in range(1, 25)]  # n = 24: P(Bin(24, 1/2) < 8) = 0.032, < 9 = 0.076
+    assert ab.median_interval(values, 0.9) == (8.0, 17.0)
+    assert ab.median_interval(values[:4], 0.9) == (1.0, 4.0)  # too few pairs: the whole range
+
+
 def test_summary_and_verdict():
-    s = ab.summarize([100.0, 100.0, 200.0, 100.0], [110.0, 120.0, 230.0, 115.0])
-    assert s["ratio_median"] == pytest.approx(1.15) and s["b_faster_pairs"] == 4 and s["pairs"] == 4
+    s = ab.summarize([100.0] * 6, [110.0, 120.0, 115.0, 105.0, 112.0, 108.0])
+    assert s["ratio_median"] == pytest.approx(1.11) and s["b_faster_pairs"] == 6 and s["pairs"] == 6
+    assert s["ratio_median_90ci"] == pytest.approx([1.05, 1.2])  # n = 6: P(Bin < 1) = 0.016, < 2 = 0.11
     assert ab.verdict(s) == "B faster"
-    assert ab.verdict(ab.summarize([100.0] * 4, [90.0, 95.0, 80.0, 85.0])) == "B slower"
-    assert ab.verdict(ab.summarize([100.0] * 4, [90.0, 110.0, 100.0, 105.0])) == "within noise"
+    assert ab.verdict(ab.summarize([100.0] * 6, [90.0, 95.0, 80.0, 85.0, 99.0, 97.0])) == "B slower"
+    # one pair against the others: a single outlier does not decide
+    assert ab.verdict(ab.summarize([100.0] * 6, [90.0, 110.0, 102.0, 105.0, 101.0, 104.0])) == "within noise"
 
 
 @pytest.mark.parametrize("override, key", [
