@@ -103,6 +103,13 @@ def test_rowwise_adagrad_needs_the_fused_kernel_for_sharded_tables() -> None:
     load_config(TINY, ["sharding.kernel=dense", "sharding.type=data_parallel"])
 
 
+def test_two_tower_refuses_bf16_instead_of_ignoring_it() -> None:
+    two_tower = str(ROOT / "configs" / "two_tower_movielens.toml")
+    with pytest.raises(ConfigError) as err:
+        load_config(two_tower, ["train.precision=bf16", "data.path=/no/such/ratings"])  # refused before reading
+    assert err.value.key == "train.precision" and "fp32" in str(err.value)
+
+
 def test_malformed_override() -> None:
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(TINY, ["train.batch_size"])

@@ -317,6 +317,9 @@ class Config:
         if self.train.best_metric and self.train.best_metric not in metrics:
             raise ConfigError("train.best_metric", f"{self.train.best_metric!r} is not a metric of "
                               f"{self.model.arch} (one of {', '.join(metrics)})")
+        if retrieval and self.train.precision != "fp32":
+            raise ConfigError("train.precision", f"{self.train.precision!r} is for the rankers; two_tower "
+                              "trains its towers and in-batch softmax in fp32 (set 'fp32')")
         if retrieval:
             from torchrec_models.retrieval.source import fill_tables_from_data
 
