@@ -5,13 +5,27 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = str(ROOT / "configs" / "tiny.toml")
+
+
+@contextmanager
+def kernel_switched_on(switch) -> Iterator[None]:
+    """A kernel of ``torchrec_models.kernels`` in use (built if needed); the process's previous choice after."""
+    was = switch.enabled()
+    assert switch.enable(required=True)
+    try:
+        yield
+    finally:
+        if not was:
+            switch.disable()
 
 
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from torchrec_models.models import build_model, compile_dense_parts
 from torchrec_models.models.interaction import SymmetricInteractionArch
 from torchrec_models.models.sparse_stack import stack_pooled
 
-from conftest import TINY
+from conftest import TINY, kernel_switched_on
 
 B, F, D = 37, 5, 20  # B not a multiple of the kernel's grain, D not a multiple of its vector width
 N = F + 1
@@ -25,11 +25,8 @@ PAIRS = torch.triu_indices(N, N, offset=1)
 @pytest.fixture
 def native_on():
     """The kernel in use for the test; the process's previous choice afterwards."""
-    was = native.enabled()
-    assert native.enable(required=True)
-    yield
-    if not was:
-        native.disable()
+    with kernel_switched_on(native.SWITCH):
+        yield
 
 
 def _inputs(dtype, seed=0):
@@ -99,7 +96,7 @@ def _module_outputs(autocast: bool):
 def test_interaction_module_runs_the_kernel_and_agrees_with_the_torch_composition(autocast, native_on):
     got = _module_outputs(autocast)
     assert type(got[0].grad_fn).__name__ == "NativeDotInteractionBackward"
-    native.disable()
+    native.SWITCH.disable()
     want = _module_outputs(autocast)
     assert type(want[0].grad_fn).__name__ != "NativeDotInteractionBackward"
     assert got[0].dtype == want[0].dtype == (torch.bfloat16 if autocast else torch.float32)
@@ -116,12 +113,12 @@ def test_mismatched_shapes_are_refused(native_on):
 
 
 def test_config_choice_and_device_select_the_kernel(native_on):
-    native.apply(load_config(TINY, ["train.cpu_interaction=torch"]).train, "cpu")
-    assert not native.enabled()
-    native.apply(load_config(TINY).train, "cpu")
-    assert native.enabled()
-    native.apply(load_config(TINY).train, "cuda")
-    assert not native.enabled()
+    native.SWITCH.apply(load_config(TINY, ["train.cpu_interaction=torch"]).train.cpu_interaction, "cpu")
+    assert not native.SWITCH.enabled()
+    native.SWITCH.apply(load_config(TINY).train.cpu_interaction, "cpu")
+    assert native.SWITCH.enabled()
+    native.SWITCH.apply(load_config(TINY).train.cpu_interaction, "cuda")
+    assert not native.SWITCH.enabled()
     with pytest.raises(ConfigError, match="train.cpu_interaction"):
         load_config(TINY, ["train.cpu_interaction=fast"])
 
@@ -131,13 +128,13 @@ def test_a_failed_build_is_an_error_only_when_native_was_asked_for(native_on, mo
         raise OSError("no C++ compiler")
 
     monkeypatch.setattr(native, "build_extension", no_compiler)
-    monkeypatch.setitem(native._state, "built", False)
-    native.disable()
+    monkeypatch.setattr(native.SWITCH, "built", False)
+    native.SWITCH.disable()
     with pytest.raises(ConfigError, match="train.cpu_interaction"):
-        native.apply(load_config(TINY, ["train.cpu_interaction=native"]).train, "cpu")
+        native.SWITCH.apply(load_config(TINY, ["train.cpu_interaction=native"]).train.cpu_interaction, "cpu")
     with caplog.at_level(logging.WARNING):
-        native.apply(load_config(TINY).train, "cpu")
-    assert not native.enabled() and "not built" in caplog.text
+        native.SWITCH.apply(load_config(TINY).train.cpu_interaction, "cpu")
+    assert not native.SWITCH.enabled() and "not built" in caplog.text
 
 
 def test_features_read_through_an_order_as_from_a_reordered_copy(native_on):

@@ -11,7 +11,7 @@ from torchrec_models.kernels import linear_relu as native
 from torchrec_models.models import build_model
 from torchrec_models.models.mlp import FusedPerceptron
 
-from conftest import TINY
+from conftest import TINY, kernel_switched_on
 
 B, K, N = 203, 19, 37  # rows not a multiple of the kernel's chunk
 OPS = lambda: torch.ops.torchrec_models_linear  # noqa: E731  (the ops exist once the kernel is built)
@@ -19,11 +19,8 @@ OPS = lambda: torch.ops.torchrec_models_linear  # noqa: E731  (the ops exist onc
 
 @pytest.fixture
 def native_on():
-    was = native.enabled()
-    assert native.enable(required=True)
-    yield
-    if not was:
-        native.disable()
+    with kernel_switched_on(native.SWITCH):
+        yield
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -89,10 +86,10 @@ def test_models_take_fused_layers_with_unchanged_parameter_names():
 
 
 def test_config_choice_and_device_select_the_kernel(native_on):
-    native.apply(load_config(TINY, ["train.cpu_mlp=torch"]).train, "cpu")
-    assert not native.enabled() and not native.usable(torch.zeros(2, 2))
-    native.apply(load_config(TINY, ["train.cpu_mlp=native"]).train, "cuda")
-    assert not native.enabled()
-    native.apply(load_config(TINY).train, "cpu")
-    assert native.enabled() and native.usable(torch.zeros(2, 2))
+    native.SWITCH.apply(load_config(TINY, ["train.cpu_mlp=torch"]).train.cpu_mlp, "cpu")
+    assert not native.SWITCH.enabled() and not native.usable(torch.zeros(2, 2))
+    native.SWITCH.apply(load_config(TINY, ["train.cpu_mlp=native"]).train.cpu_mlp, "cuda")
+    assert not native.SWITCH.enabled()
+    native.SWITCH.apply(load_config(TINY).train.cpu_mlp, "cpu")
+    assert native.SWITCH.enabled() and native.usable(torch.zeros(2, 2))
     assert not native.usable(torch.zeros(2, 2, dtype=torch.float16))

@@ -10,52 +10,23 @@ compiled graphs) keep the torch composition.
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
 
-from torchrec_models.config import TrainConfig
-from torchrec_models.kernels.build import build_extension, build_or_fall_back
+from torchrec_models.kernels.build import build_extension
+from torchrec_models.kernels.switch import KernelSwitch
 
 SOURCE = Path(__file__).with_name("dot_interaction_cpu.cpp")
 DTYPES = (torch.float32, torch.bfloat16)
-_lock = threading.Lock()
-_state = {"built": False, "enabled": False}
+# in use for CPU runs unless train.cpu_interaction is "torch" (sharding/sharded_model.py applies it)
+SWITCH = KernelSwitch(lambda: build_extension(SOURCE), "train.cpu_interaction", "dot interaction")
 
-
-def enable(required: bool) -> bool:
-    """Builds the kernel once and uses it from now on; a failed build raises if ``required``,
-    else logs and keeps the torch composition. Returns whether it is in use."""
-    with _lock:
-        if not _state["built"]:
-            if not build_or_fall_back(lambda: build_extension(SOURCE), required, "train.cpu_interaction",
-                                      "'auto' or 'torch'", "dot interaction", "the torch composition"):
-                return False
-            _state["built"] = True
-        _state["enabled"] = True
-        return True
-
-
-def disable() -> None:
-    _state["enabled"] = False
-
-
-def enabled() -> bool:
-    return _state["enabled"]
-
-
-def apply(cfg: TrainConfig, device_type: str) -> None:
-    """In use for a CPU run unless ``train.cpu_interaction`` is 'torch'."""
-    if device_type == "cpu" and cfg.cpu_interaction != "torch":
-        enable(required=cfg.cpu_interaction == "native")
-    else:
-        disable()
 
 
 def usable(dense: torch.Tensor, sparse: torch.Tensor) -> bool:
     """Whether these inputs (already in the compute dtype) go through the kernel."""
-    return (_state["enabled"] and dense.device.type == "cpu" and dense.dtype in DTYPES
+    return (SWITCH.enabled() and dense.device.type == "cpu" and dense.dtype in DTYPES
             and sparse.dtype == dense.dtype and not torch.compiler.is_compiling())
 
 

@@ -11,47 +11,18 @@ the composition.
 from __future__ import annotations
 
 import functools
-import threading
 from pathlib import Path
 
 import torch
 
-from torchrec_models.config import TrainConfig
-from torchrec_models.kernels.build import build_extension, build_or_fall_back
+from torchrec_models.kernels.build import build_extension
+from torchrec_models.kernels.switch import KernelSwitch
 
 SOURCE = Path(__file__).with_name("linear_relu_cpu.cpp")
 DTYPES = (torch.float32, torch.bfloat16)
-_lock = threading.Lock()
-_state = {"built": False, "enabled": False}
+# in use for CPU runs unless train.cpu_mlp is "torch" (sharding/sharded_model.py applies it)
+SWITCH = KernelSwitch(lambda: build_extension(SOURCE), "train.cpu_mlp", "MLP bias and ReLU")
 
-
-def enable(required: bool) -> bool:
-    """Builds the kernel once and uses it from now on; a failed build raises if ``required``,
-    else logs and keeps the torch composition. Returns whether it is in use."""
-    with _lock:
-        if not _state["built"]:
-            if not build_or_fall_back(lambda: build_extension(SOURCE), required, "train.cpu_mlp",
-                                      "'auto' or 'torch'", "MLP bias and ReLU", "the torch composition"):
-                return False
-            _state["built"] = True
-        _state["enabled"] = True
-        return True
-
-
-def disable() -> None:
-    _state["enabled"] = False
-
-
-def enabled() -> bool:
-    return _state["enabled"]
-
-
-def apply(cfg: TrainConfig, device_type: str) -> None:
-    """In use for a CPU run unless ``train.cpu_mlp`` is 'torch'."""
-    if device_type == "cpu" and cfg.cpu_mlp != "torch":
-        enable(required=cfg.cpu_mlp == "native")
-    else:
-        disable()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -61,7 +32,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def usable(x: torch.Tensor) -> bool:
     """Whether a layer with input ``x`` goes through the kernel."""
-    return (_state["enabled"] and x.device.type == "cpu" and compute_dtype(x) in DTYPES and x.dim() == 2
+    return (SWITCH.enabled() and x.device.type == "cpu" and compute_dtype(x) in DTYPES and x.dim() == 2
             and not torch.compiler.is_compiling())
 
 

@@ -66,7 +66,7 @@ def dot_interaction_of_pooled(dense: torch.Tensor, pooled: KeyedTensor, names: l
     """``dot_interaction`` of the pooled embeddings taken in ``names`` order: the CPU kernel reads
     them where they lie (after two ranks' all-to-all, in the plan's order); otherwise they are
     stacked in that order first."""
-    by_key = pooled_in_key_order(pooled, names, len(names), dim) if native.enabled() else None
+    by_key = pooled_in_key_order(pooled, names, len(names), dim) if native.SWITCH.enabled() else None
     if by_key is not None and dense.dtype == _compute_dtype(dense):
         values, order = by_key
         if native.usable(dense, values := values.to(dense.dtype)):

@@ -29,8 +29,8 @@ def apply_process_settings(cfg: Config, env: DistEnv) -> None:
     set_dense_math(env.device, cfg.train.tf32)
     rowwise_adagrad.apply(cfg.train, env.device.type)
     pooled_lookup.apply(cfg, env.device.type)
-    dot_interaction.apply(cfg.train, env.device.type)
-    linear_relu.apply(cfg.train, env.device.type)
+    dot_interaction.SWITCH.apply(cfg.train.cpu_interaction, env.device.type)
+    linear_relu.SWITCH.apply(cfg.train.cpu_mlp, env.device.type)
     host_memory.apply(cfg.train, env.device.type)
 
 
