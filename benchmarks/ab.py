@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 import torch
 
+from benchmarks.record import percentile
 from benchmarks.rows import Row
 from torchrec_models import runinfo
 from torchrec_models.config import Config, ConfigError, load_config
@@ -64,9 +65,8 @@ class Arm:
 
         self.cfg, self.env = cfg, env
         self.trainer = Trainer(cfg, env, run_dir=None)
-        t = self.trainer
-        self.batches: Iterator = t.source.train_batches(env.rank, env.world_size, cfg.train.batch_size,
-                                                        range(cfg.train.steps))
+        self.batches: Iterator = self.trainer.source.train_batches(
+            env.rank, env.world_size, cfg.train.batch_size, range(cfg.train.steps))
         self.step = 0
 
     def run(self, steps: int) -> float:
@@ -127,13 +127,11 @@ def median_interval(values: list[float], level: float = 0.9) -> tuple[float, flo
 def summarize(a: list[float], b: list[float]) -> dict[str, Any]:
     """The per-pair ratios B/A: their median, a 90% interval for it, p10-p90, how many pairs B won."""
     ratios = [rb / ra for ra, rb in zip(a, b)]
-    ordered = sorted(ratios)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
     low, high = median_interval(ratios)
     return {
         "a_examples_per_sec": statistics.median(a), "b_examples_per_sec": statistics.median(b),
         "ratio_median": statistics.median(ratios), "ratio_median_90ci": [low, high],
-        "ratio_p10": pick(0.1), "ratio_p90": pick(0.9),
+        "ratio_p10": percentile(ratios, 0.1), "ratio_p90": percentile(ratios, 0.9),
         "b_faster_pairs": sum(r > 1 for r in ratios), "pairs": len(ratios), "ratios": ratios,
     }
 
