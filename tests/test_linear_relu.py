@@ -69,7 +69,10 @@ def test_fused_layer_matches_linear_relu_values_and_gradients(autocast, native_o
         out.float().square().sum().backward()
         results.append((out.float(), x.grad.clone(), linear.weight.grad.clone(), linear.bias.grad.clone()))
         assert linear.weight.grad.dtype == torch.float32
-    assert torch.equal(results[0][0], results[1][0])  # the forward is torch's, bit for bit
+    if autocast:  # oneDNN's fused linear and torch's addmm may block the sum differently: one bf16 rounding apart
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=2**-7, atol=1e-3)
+    else:  # the same addmm: torch's values bit for bit
+        assert torch.equal(results[0][0], results[1][0])
     tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
     for got, want in zip(results[0][1:], results[1][1:]):
         torch.testing.assert_close(got, want, **tol)

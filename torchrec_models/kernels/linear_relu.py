@@ -4,7 +4,8 @@ torch's composition ``relu(linear(x))`` writes the ReLU's output as a second [B,
 backward makes the masked gradient in one pass and sums it for the bias in another. Here the
 forward is one library call that applies bias and ReLU inside the GEMM (oneDNN's fused linear in
 bf16, where torch's bf16 ``addmm`` is the slower path; ``addmm`` and an in-place ReLU in fp32), so
-the values are torch's bit for bit, and the backward masks and sums in one pass
+fp32 values are torch's bit for bit (bf16 ones are the same fp32 sums rounded once, equal to torch's
+where oneDNN picks the same GEMM kernel for both), and the backward masks and sums in one pass
 (``linear_relu_cpu.cpp``). The GEMMs are the libraries'. Other devices and compiled graphs keep
 the composition.
 """
