@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmarks.record import percentile
+from benchmarks.record import measured, percentile
 
 
 def load_results(directory: Path) -> dict[str, dict[str, Any]]:
@@ -25,7 +25,7 @@ def load_results(directory: Path) -> dict[str, dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-        if "error" not in record:
+        if measured(record):
             out[record["row"]] = record
     return out
 

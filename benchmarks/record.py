@@ -19,6 +19,11 @@ REQUIRED = {
 THROUGHPUT_KEYS = ("examples_per_sec", "p10", "p90", "windows")
 
 
+def measured(record: dict[str, Any]) -> bool:
+    """Whether a record holds measurements (not a failed or a skipped row)."""
+    return "error" not in record and "skipped" not in record
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     pos = q * (len(ordered) - 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.compare import load_results
+from benchmarks.record import measured
 
 MIB = 2**20
 
@@ -14,10 +15,10 @@ MIB = 2**20
 def _mem(record: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
     """(max measured MiB per rank, max estimate MiB per rank, max measured/estimate)."""
     ranks = record["memory"]["per_rank"]
-    measured = max(r["measured_bytes"] or 0 for r in ranks) / MIB
+    peak = max(r["measured_bytes"] or 0 for r in ranks) / MIB
     estimates = [r["estimate_bytes"] for r in ranks if r["estimate_bytes"]]
     ratios = [r["measured_over_estimate"] for r in ranks if r["measured_over_estimate"]]
-    return measured, (max(estimates) / MIB if estimates else None), (max(ratios) if ratios else None)
+    return peak, (max(estimates) / MIB if estimates else None), (max(ratios) if ratios else None)
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -38,15 +39,16 @@ def table(records: list[dict[str, Any]]) -> str:
             "| MiB/rank | est. MiB | ratio | $/1M ex | GEMM % step/kernels | copy % |")
     lines = [head, "|" + "---|" * 13]
     for r in records:
-        if "error" in r:
-            lines.append(f"| {r['row']} | {r['world_size']} | failed: {r['error'][:80]} |" + " |" * 10)
+        if not measured(r):
+            why = f"failed: {r['error'][:80]}" if "error" in r else f"skipped: {r['skipped'][:80]}"
+            lines.append(f"| {r['row']} | {r['world_size']} | {why} |" + " |" * 10)
             continue
         t, s, roof = r["throughput"], r["split_ms"], r["roofline"]
-        measured, estimate, ratio = _mem(r)
+        peak, estimate, ratio = _mem(r)
         split = "/".join(_fmt(s.get(k), ".0f") for k in ("data", "forward", "backward_optimizer", "communication"))
         lines.append(
             f"| {r['row']} | {r['world_size']} | {r['batch_size_per_rank']} | {r['precision']} | {_sharding(r)} "
-            f"| {t['examples_per_sec']:,.0f} ({t['p10']:,.0f}-{t['p90']:,.0f}) | {split} | {_fmt(measured, ',.0f')} "
+            f"| {t['examples_per_sec']:,.0f} ({t['p10']:,.0f}-{t['p90']:,.0f}) | {split} | {_fmt(peak, ',.0f')} "
             f"| {_fmt(estimate, ',.0f')} | {_fmt(ratio, '.2f')} | {r['cost']['usd_per_million_examples']:.4f} "
             f"| {100 * roof['flops_fraction']:.0f}/{_fmt(_percent(roof.get('gemm_kernel_fraction')), '.0f')} "
             f"| {100 * roof['bytes_fraction']:.1f} |")
@@ -109,10 +111,10 @@ def write_report(directory: Path) -> Path:
     ]
     for suite, rows in by_suite.items():
         parts += [f"## {suite}", "", table(rows), ""]
-        ups = speedups({r["row"]: r for r in rows if "error" not in r})
+        ups = speedups({r["row"]: r for r in rows if measured(r)})
         if ups:
             parts += ["What torchrec sharding buys over plain PyTorch (nn.EmbeddingBag + DDP):", "", *ups, ""]
-        eff = scaling({r["row"]: r for r in rows if "error" not in r})
+        eff = scaling({r["row"]: r for r in rows if measured(r)})
         if eff:
             parts += ["The same global batch over more ranks:", "", *eff, ""]
         crashed = [f"- `{r['row']}`: {'; '.join(r['crashes'])}" for r in rows if r.get("crashes")]

@@ -87,8 +87,9 @@ def embedding_bytes_per_example(cfg: Config, embedding_dtype: str = "fp32") -> i
 def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 1.0,
                         device: torch.device | str = "cpu") -> float:
     """Sustained square-GEMM rate with the threads this process has (median of timed bursts);
-    n x n matrices, 2048 on CPU and 8192 on a GPU unless given."""
-    n = n or (8192 if torch.device(device).type == "cuda" else 2048)
+    n x n matrices, 2048 on CPU and 8192 on a GPU unless given, smaller where one product would
+    take over two seconds (a dtype this CPU has no fast kernels for, e.g. bf16 without AVX-512)."""
+    n = n or _gemm_size(dtype, 8192 if torch.device(device).type == "cuda" else 2048, 2.0, device)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     rates = []
@@ -103,6 +104,22 @@ def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int | None = None
         _sync(device)
         rates.append(4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return sorted(rates)[len(rates) // 2]
+
+
+def _gemm_size(dtype: torch.dtype, largest: int, budget_s: float, device: torch.device | str) -> int:
+    """The largest power-of-two size up to ``largest`` whose product takes at most ``budget_s``:
+    sizes double from 256 while one product at the size reached took under an eighth of it."""
+    n = 256
+    while n < largest:
+        a = torch.randn(n, n, device=device).to(dtype)
+        _sync(device)
+        t = time.perf_counter()
+        torch.mm(a, a)
+        _sync(device)
+        if 8 * (time.perf_counter() - t) > budget_s:
+            break
+        n *= 2
+    return n
 
 
 def rank_gemm_gflops(precision: str, device: torch.device) -> float:

@@ -19,6 +19,7 @@ from benchmarks.worker import bench_worker
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
 from torchrec_models.runtime.launcher import launch_local
+from torchrec_models.runtime.precision_support import precision_warning
 
 
 def run_row(row: Row, repeat: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -77,7 +78,7 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
     with (out_dir / "results.jsonl").open("a") as sink:
         for i, row in enumerate(rows, 1):
             print(f"[{i}/{len(rows)}] {row.name} (world size {row.world_size})", flush=True)
-            record = _measure(name, row, repeat, ceilings, prices)
+            record = _measure(name, row, repeat, ceilings, prices, device)
             sink.write(json.dumps(record) + "\n")
             sink.flush()
             records.append(record)
@@ -85,9 +86,14 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
     return records
 
 
-def _measure(suite: str, row: Row, repeat: int, ceilings: dict[str, float], prices: dict[str, float]) -> dict:
+def _measure(suite: str, row: Row, repeat: int, ceilings: dict[str, float], prices: dict[str, float],
+             device: str) -> dict:
     try:
         cfg = load_config(row.config, list(row.overrides))
+        unfit = precision_warning(cfg.train.precision, torch.device(device))
+        if unfit:  # hours of reference-path GEMMs would measure nothing users would run
+            return {"suite": suite, "row": row.name, "world_size": row.world_size, "impl": row.impl,
+                    "skipped": unfit}
         ranks, crashes = run_row(row, repeat)
         return build_record(suite, row, cfg, ranks, ceilings, prices, crashes)
     except Exception as exc:  # a failed row is reported, the suite goes on
@@ -99,6 +105,9 @@ def _measure(suite: str, row: Row, repeat: int, ceilings: dict[str, float], pric
 def _print_line(record: dict[str, Any]) -> None:
     if "error" in record:
         print(f"    FAILED: {record['error'][:300]}", flush=True)
+        return
+    if "skipped" in record:
+        print(f"    skipped: {record['skipped']}", flush=True)
         return
     t, split = record["throughput"], record["split_ms"]
     print(f"    {t['examples_per_sec']:,.0f} ex/s [p10 {t['p10']:,.0f} p90 {t['p90']:,.0f}]  "

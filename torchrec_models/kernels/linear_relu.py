@@ -11,19 +11,18 @@ the composition.
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
 
 from torchrec_models.kernels.build import build_extension
 from torchrec_models.kernels.switch import KernelSwitch
+from torchrec_models.runtime.precision_support import native_bf16_matmul
 
 SOURCE = Path(__file__).with_name("linear_relu_cpu.cpp")
 DTYPES = (torch.float32, torch.bfloat16)
 # in use for CPU runs unless train.cpu_mlp is "torch" (sharding/sharded_model.py applies it)
 SWITCH = KernelSwitch(lambda: build_extension(SOURCE), "train.cpu_mlp", "MLP bias and ReLU")
-
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -37,18 +36,12 @@ def usable(x: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
-@functools.cache
-def _onednn_bf16() -> bool:
-    """Whether oneDNN runs bf16 matrix products on this CPU (AVX-512 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
 class LinearReLU(torch.autograd.Function):
     """(x [B, K], weight [N, K], bias [N]) -> relu(x weight^T + bias), all of one dtype."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.bfloat16 and _onednn_bf16():
+        if x.dtype == torch.bfloat16 and native_bf16_matmul(x.device):
             out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
         else:
             out = torch.addmm(bias, x, weight.t()).relu_()

@@ -15,6 +15,7 @@ from torchrec_models import runinfo
 from torchrec_models.config import Config
 from torchrec_models.data.source import make_source
 from torchrec_models.runtime.distributed import DistEnv
+from torchrec_models.runtime.precision_support import precision_warning
 from torchrec_models.sharding.sharded_model import build_sharded_model
 from torchrec_models.sharding.planner import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
@@ -36,6 +37,15 @@ def boundaries(start: int, steps: int, *periods: int) -> list[int]:
     return sorted(p for p in points if p > start)
 
 
+def _setup_warnings(cfg: Config, env: DistEnv) -> list[str]:
+    """What the run should know before it starts (printed now by the main rank, and in the summary)."""
+    warnings = [w for w in (precision_warning(cfg.train.precision, env.device),) if w]
+    if env.is_main:
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return warnings
+
+
 class Trainer:
     """Owns the sharded model, optimizer, pipeline and data for one run."""
 
@@ -46,6 +56,7 @@ class Trainer:
         self.eval_plan = plan_eval(cfg.train.eval_steps, cfg.train.batch_size, env.world_size,
                                    self.source.eval_examples(), self.source.train_examples() is None)
         self.task = task_for(cfg)
+        self.setup_warnings = _setup_warnings(cfg, env)
         self.model, self.planned = build_sharded_model(cfg, env, lambda m: self.task.prepare(m, self.source, cfg))
         self.plan = describe_plan(self.planned.plan)
         self.optimizer = build_optimizer(self.model, cfg.train)
@@ -175,7 +186,7 @@ class Trainer:
         rss = _gather(runinfo.peak_rss_bytes())
         device_peak = _gather(runinfo.peak_device_bytes(self.env.device))
         final_loss = self.losses[-1] if self.losses else None
-        warnings = self.task.warnings(evaluation)
+        warnings = self.setup_warnings + self.task.warnings(evaluation)
         if self.env.is_main:
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
