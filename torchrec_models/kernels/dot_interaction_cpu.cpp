@@ -32,12 +32,20 @@ using torchrec_models::store_row;
 // Where the pairs (i, i+1), ..., (i, N-1) start among the dots.
 inline int64_t pairs_before(int64_t i, int64_t N) { return i * (N - 1) - i * (i - 1) / 2; }
 
-constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32; blocks of this width vectorize fully
+// One vector register of fp32: blocks of this width vectorize fully, and the forward's kDotRows
+// sums stay in registers (16 AVX2 registers hold 8 sums of 8 lanes, not of 16).
+#ifdef __AVX512F__
+constexpr int64_t kLanes = 16;
+constexpr int64_t kGradRows = 4;  // backward's vectors at once (below)
+#else
+constexpr int64_t kLanes = 8;
+constexpr int64_t kGradRows = 8;
+#endif
 
 inline int64_t padded(int64_t n) { return (n + kLanes - 1) / kLanes * kLanes; }
 
-// kLanes fp32 values as one vector value (GCC / Clang vector extension: one AVX-512 register, two
-// AVX2 ones, four NEON ones), so the blocks below vectorize whatever the compiler's cost model says.
+// kLanes fp32 values as one vector value (GCC / Clang vector extension: one AVX-512 or AVX2 register,
+// two NEON ones), so the blocks below vectorize whatever the compiler's cost model says.
 typedef float Lanes __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline Lanes lanes_at(const float* src) {
@@ -61,9 +69,9 @@ struct Vectors {
 };
 
 // Vectors handled together: independent sums per block keep the adder busy (one sum alone waits
-// on its previous add each step). Chosen by timing on the benchmark machine.
+// on its previous add each step). Chosen by timing: kDotRows on both machines, kGradRows (above)
+// 4 on an AVX-512 Xeon, 8 on an AVX2 EPYC.
 constexpr int64_t kDotRows = 8;   // forward
-constexpr int64_t kGradRows = 4;  // backward
 constexpr int64_t kRows = std::max(kDotRows, kGradRows);  // spare rows and columns in the scratch
 
 // One thread's fp32 scratch: the example's vectors as rows [N, Dp] and columns [D, Np] (plus kRows
