@@ -12,6 +12,7 @@ from benchmarks.split import split_steps
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
 from torchrec_models.runtime.quiet import quiet_library_noise
+from torchrec_models.kernels import cpu_gemm
 
 
 def bench_worker(row: Row) -> dict[str, Any]:
@@ -46,6 +47,7 @@ def bench_worker(row: Row) -> dict[str, Any]:
             "plan": trainer.plan,
             "estimate": trainer.planned.estimate,
             "threads": torch.get_num_threads(),
+            "cpu_gemm": cpu_gemm.engine(),
         }
         # after the peaks are read, so the probe's matrices stay out of the memory figures
         out["gemm_gflops"] = rank_gemm_gflops(cfg.train.precision, env.device)

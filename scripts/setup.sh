@@ -28,8 +28,9 @@ pip fbgemm-gpu-cpu==1.8.0
 pip --no-deps torchrec==1.8.0
 # Besides the stack: matplotlib (benchmark plots), scikit-learn (the linear baseline in the
 # quality test), kubernetes (torchx's kubernetes dry runs in the tests), ninja (torch's C++
-# extension builder uses it for the native row-wise Adagrad kernel).
+# extension builder uses it for the native row-wise Adagrad kernel), threadpoolctl (gives numpy's
+# OpenBLAS one thread where it multiplies the MLP layers inside torch's threads, train.cpu_gemm).
 pip 'tensordict==0.15.3' 'torchmetrics==1.0.3' tqdm pyre-extensions iopath 'torchx==0.7.0' \
-  'numpy<3' pytest ninja tensorboard matplotlib scikit-learn 'kubernetes>=25'
+  'numpy<3' threadpoolctl pytest ninja tensorboard matplotlib scikit-learn 'kubernetes>=25'
 pip --no-deps -e "$root"
 echo "$want" > "$stamp"

@@ -28,6 +28,21 @@ def kernel_switched_on(switch) -> Iterator[None]:
             switch.disable()
 
 
+@pytest.fixture
+def kernels_off_after():
+    """An in-process run puts this project's CPU kernels in place process-wide; other tests
+    count the torch composition's ops, so they are taken out again afterwards."""
+    yield
+    from types import SimpleNamespace
+
+    from torchrec_models.config import load_config
+    from torchrec_models.sharding.sharded_model import apply_process_settings
+
+    off = load_config(TINY, ["train.cpu_interaction=torch", "train.cpu_mlp=torch", "train.cpu_table_update=fbgemm",
+                             "train.cpu_gemm=torch"])
+    apply_process_settings(off, SimpleNamespace(device=torch.device("cpu")))
+
+
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m torchrec_models ARGS`` from the repo root; output captured as text."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

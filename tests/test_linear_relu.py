@@ -7,6 +7,7 @@ import torch
 from torchrec.modules.mlp import Perceptron
 
 from torchrec_models.config import load_config
+from torchrec_models.kernels import cpu_gemm
 from torchrec_models.kernels import linear_relu as native
 from torchrec_models.models import build_model
 from torchrec_models.models.mlp import FusedPerceptron
@@ -19,8 +20,12 @@ OPS = lambda: torch.ops.torchrec_models_linear  # noqa: E731  (the ops exist onc
 
 @pytest.fixture
 def native_on():
+    """The kernel in use, with torch's own GEMMs (``train.cpu_gemm`` is tested in test_cpu_gemm.py)."""
+    engine = cpu_gemm.engine()
+    cpu_gemm.apply("torch", "cpu")
     with kernel_switched_on(native.SWITCH):
         yield
+    cpu_gemm.apply(engine, "cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

@@ -28,20 +28,6 @@ def test_bf16_warns_only_without_fast_bf16_kernels(monkeypatch: pytest.MonkeyPat
     assert precision_support.precision_warning("bf16", CPU) is None
 
 
-@pytest.fixture
-def kernels_off_after():
-    """An in-process run puts this project's CPU kernels in place process-wide; other tests
-    count the torch composition's ops, so they are taken out again afterwards."""
-    yield
-    from types import SimpleNamespace
-
-    from torchrec_models.config import load_config
-    from torchrec_models.sharding.sharded_model import apply_process_settings
-
-    off = load_config(TINY, ["train.cpu_interaction=torch", "train.cpu_mlp=torch", "train.cpu_table_update=fbgemm"])
-    apply_process_settings(off, SimpleNamespace(device=CPU))
-
-
 def test_training_prints_and_records_the_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture, kernels_off_after) -> None:
     from torchrec_models.runtime.worker import train_worker

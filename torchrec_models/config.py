@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "bf16")
 CPU_TABLE_UPDATES = ("auto", "native", "fbgemm")
 CPU_INTERACTIONS = ("auto", "native", "torch")
 CPU_MLPS = ("auto", "native", "torch")
+CPU_GEMMS = ("auto", "torch", "openblas")
 OUTPUT_BIASES = ("init", "label_rate")
 EMBEDDING_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 DENSE_OPTIMIZERS = ("adagrad", "sgd", "adam")
@@ -237,6 +238,7 @@ class TrainConfig:
     cpu_table_update: str = "auto"  # row-wise Adagrad tables on CPU: native (this project's kernel), fbgemm, auto
     cpu_interaction: str = "auto"  # DLRM's dot interaction on CPU: native (this project's fused kernel), torch, auto
     cpu_mlp: str = "auto"  # MLP layers' bias + ReLU on CPU: native (one pass around each GEMM), torch, auto
+    cpu_gemm: str = "auto"  # fp32 GEMMs of those layers on CPU: torch (MKL), openblas (numpy's), auto (openblas on AMD)
     cpu_keep_freed_memory: bool = False  # on CPU, freed host blocks < 1 GiB are reused, not returned to the OS
     compile: bool = False  # compile the dense part (bottom MLP, interaction, top MLP) with torch.compile
     best_metric: str = ""  # what "best evaluation" means; empty = the task's: ne (ranking), recall_at_100 (retrieval)
@@ -258,6 +260,7 @@ class TrainConfig:
         _check_choice("train.cpu_table_update", self.cpu_table_update, CPU_TABLE_UPDATES)
         _check_choice("train.cpu_interaction", self.cpu_interaction, CPU_INTERACTIONS)
         _check_choice("train.cpu_mlp", self.cpu_mlp, CPU_MLPS)
+        _check_choice("train.cpu_gemm", self.cpu_gemm, CPU_GEMMS)
         _check_choice("train.best_metric", self.best_metric, ("", *RANKING_METRICS, *RETRIEVAL_METRICS))
         if self.early_stop_patience < 0:
             raise ConfigError("train.early_stop_patience", f"must be >= 0, got {self.early_stop_patience}")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from torchrec_models.kernels import cpu_gemm
 from torchrec_models.kernels.build import build_extension
 from torchrec_models.kernels.switch import KernelSwitch
 from torchrec_models.runtime.precision_support import native_bf16_matmul
@@ -43,6 +44,8 @@ class LinearReLU(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.bfloat16 and native_bf16_matmul(x.device):
             out = torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu", [], "")
+        elif cpu_gemm.uses_openblas(x):
+            out = cpu_gemm.linear_relu(x, weight, bias)
         else:
             out = torch.addmm(bias, x, weight.t()).relu_()
         ctx.save_for_backward(x, weight, out)
@@ -52,8 +55,9 @@ class LinearReLU(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, weight, out = ctx.saved_tensors
         grad_pre, grad_bias = torch.ops.torchrec_models_linear.relu_bias_backward(grad_out, out)
-        grad_x = torch.mm(grad_pre, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.mm(grad_pre.t(), x) if ctx.needs_input_grad[1] else None
+        mm = cpu_gemm.mm if cpu_gemm.uses_openblas(x) else torch.mm
+        grad_x = mm(grad_pre, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = mm(grad_pre.t(), x) if ctx.needs_input_grad[1] else None
         return grad_x, grad_weight, grad_bias if ctx.needs_input_grad[2] else None
 
 

@@ -10,7 +10,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
-from torchrec_models.kernels import dot_interaction, linear_relu, pooled_lookup, rowwise_adagrad
+from torchrec_models.kernels import cpu_gemm, dot_interaction, linear_relu, pooled_lookup, rowwise_adagrad
 from torchrec_models.runtime import host_memory
 from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
@@ -31,6 +31,7 @@ def apply_process_settings(cfg: Config, env: DistEnv) -> None:
     pooled_lookup.apply(cfg, env.device.type)
     dot_interaction.SWITCH.apply(cfg.train.cpu_interaction, env.device.type)
     linear_relu.SWITCH.apply(cfg.train.cpu_mlp, env.device.type)
+    cpu_gemm.apply(cfg.train.cpu_gemm, env.device.type)
     host_memory.apply(cfg.train, env.device.type)
 
 
