@@ -98,7 +98,9 @@ def write_report(directory: Path) -> Path:
         f"Machine: {hw['cpu']}, {hw['cores']} cores, GPU: {hw['gpu'] or 'none'}. "
         f"torch {machine['versions']['torch']}, torchrec {machine['versions']['torchrec']}, "
         f"git {str(machine['git_sha'])[:10]}.",
-        f"Ceilings measured in this run: fp32 GEMM {ceil['gemm_fp32_gflops']:.0f} GFLOP/s, "
+        f"Ceilings measured in this run: fp32 GEMM {ceil['gemm_fp32_gflops']:.0f} GFLOP/s"
+        + (f" (the faster of torch's {ceil['gemm_fp32_torch_gflops']:.0f} and OpenBLAS's "
+           f"{ceil['gemm_fp32_openblas_gflops']:.0f})" if "gemm_fp32_openblas_gflops" in ceil else "") + ", "
         f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s"
         + (f", embedding (TBE) forward {ceil['tbe_forward_gbps']:.1f} GB/s "
            f"({100 * ceil['tbe_forward_fraction_of_copy']:.0f}% of copy)." if "tbe_forward_gbps" in ceil else "."), "",

@@ -13,6 +13,7 @@ import time
 import torch
 
 from torchrec_models.config import Config, ModelConfig
+from torchrec_models.kernels import cpu_gemm
 
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2}
 
@@ -85,22 +86,24 @@ def embedding_bytes_per_example(cfg: Config, embedding_dtype: str = "fp32") -> i
 
 
 def measure_gemm_gflops(dtype: torch.dtype = torch.float32, n: int | None = None, seconds: float = 1.0,
-                        device: torch.device | str = "cpu") -> float:
+                        device: torch.device | str = "cpu", engine: str = "torch") -> float:
     """Sustained square-GEMM rate with the threads this process has (median of timed bursts);
     n x n matrices, 2048 on CPU and 8192 on a GPU unless given, smaller where one product would
-    take over two seconds (a dtype this CPU has no fast kernels for, e.g. bf16 without AVX-512)."""
+    take over two seconds (a dtype this CPU has no fast kernels for, e.g. bf16 without AVX-512).
+    ``engine`` 'openblas': the products of ``train.cpu_gemm=openblas`` (fp32 CPU) instead of torch.mm."""
+    mm = cpu_gemm.mm if engine == "openblas" else torch.mm
     n = n or _gemm_size(dtype, 8192 if torch.device(device).type == "cuda" else 2048, 2.0, device)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     rates = []
     deadline = time.perf_counter() + seconds
     _sync(device)
-    torch.mm(a, b)
+    mm(a, b)
     while time.perf_counter() < deadline or len(rates) < 3:
         _sync(device)
         t = time.perf_counter()
         for _ in range(4):
-            torch.mm(a, b)
+            mm(a, b)
         _sync(device)
         rates.append(4 * 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return sorted(rates)[len(rates) // 2]
@@ -124,13 +127,14 @@ def _gemm_size(dtype: torch.dtype, largest: int, budget_s: float, device: torch.
 
 def rank_gemm_gflops(precision: str, device: torch.device) -> float:
     """This rank's GEMM rate at the row's precision, measured while every rank measures at once:
-    its share of the machine, with the threads it trains with."""
+    its share of the machine, with the threads and the GEMM library (``train.cpu_gemm``) it trains with."""
     import torch.distributed as dist
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    engine = cpu_gemm.engine() if dtype == torch.float32 and torch.device(device).type == "cpu" else "torch"
     if dist.is_initialized():
         dist.barrier()
-    return measure_gemm_gflops(dtype, seconds=0.5, device=device)
+    return measure_gemm_gflops(dtype, seconds=0.5, device=device, engine=engine)
 
 
 def measure_copy_gbps(megabytes: int | None = None, seconds: float = 1.0,
@@ -197,11 +201,22 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def _fp32_rates(device: torch.device | str) -> dict[str, float]:
+    """The fp32 GEMM ceiling, and on CPU torch's and OpenBLAS's rates it is the larger of."""
+    torch_rate = measure_gemm_gflops(torch.float32, device=device)
+    if torch.device(device).type != "cpu" or not cpu_gemm.openblas_ready():
+        return {"gemm_fp32_gflops": torch_rate}
+    openblas_rate = measure_gemm_gflops(torch.float32, device=device, engine="openblas")
+    return {"gemm_fp32_gflops": max(torch_rate, openblas_rate), "gemm_fp32_torch_gflops": torch_rate,
+            "gemm_fp32_openblas_gflops": openblas_rate}
+
+
 def machine_ceilings(device: torch.device | str = "cpu") -> dict[str, float]:
     """fp32 and bf16 GEMM GFLOP/s, copy GB/s and the embedding kernel's forward GB/s of this
-    machine, with all its cores (or its GPU)."""
+    machine, with all its cores (or its GPU). On CPU the fp32 ceiling is the faster of torch's and
+    OpenBLAS's products (``train.cpu_gemm``), each recorded."""
     ceilings = {
-        "gemm_fp32_gflops": measure_gemm_gflops(torch.float32, device=device),
+        **_fp32_rates(device),
         "gemm_bf16_gflops": measure_gemm_gflops(torch.bfloat16, device=device),
         "copy_gbps": measure_copy_gbps(device=device),
         "tbe_forward_gbps": measure_tbe_forward_gbps(device=device),

@@ -106,3 +106,11 @@ def test_training_runs_with_openblas_products(tmp_path, kernels_off_after):
                            str(tmp_path / "run"), "none")
     assert cpu_gemm.engine() == "openblas"
     assert summary["steps"] == 6 and torch.isfinite(torch.tensor(summary["final_train_loss"]))
+
+
+def test_the_fp32_ceiling_is_the_faster_library():
+    from benchmarks import roofline
+
+    assert roofline.measure_gemm_gflops(n=256, seconds=0.05, engine="openblas") > 0
+    rates = roofline._fp32_rates("cpu")
+    assert rates["gemm_fp32_gflops"] == max(rates["gemm_fp32_torch_gflops"], rates["gemm_fp32_openblas_gflops"])

@@ -64,6 +64,12 @@ def engine() -> str:
     return _state["engine"]
 
 
+def openblas_ready() -> bool:
+    """Whether OpenBLAS products can run in this process (set up if needed; the engine unchanged)."""
+    return build_or_fall_back(_bind_openblas, False, "train.cpu_gemm", "'auto' or 'torch'", "OpenBLAS GEMM",
+                              "torch's GEMM")
+
+
 def uses_openblas(*tensors: torch.Tensor) -> bool:
     """Whether a product of ``tensors`` goes to OpenBLAS: the engine is chosen and all are fp32 CPU."""
     return _state["engine"] == "openblas" and all(
