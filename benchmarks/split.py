@@ -5,8 +5,8 @@ output dist, dense forward, loss), backward + optimizer (backward incl. the fuse
 update and DDP's gradient all-reduce, then the dense optimizer step). Communication is the
 time torch.profiler attributes to collective ops within those phases: it is part of forward
 and backward, not added to them. So is ``gemm``: the time inside the matrix-multiply ops
-(mm, addmm, bmm, baddbmm), which carry the model's FLOPs; the record turns it into the rate
-the GEMMs themselves run at.
+(torch's mm, addmm, bmm, baddbmm; this project's OpenBLAS products and fused dot interaction),
+which carry the model's FLOPs; the record turns it into the rate the GEMMs themselves run at.
 """
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-_GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
+_GEMM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                       "torchrec_models_blas::mm", "torchrec_models_blas::linear_relu",
+                       "torchrec_models_interaction::dot_interaction_forward",
+                       "torchrec_models_interaction::dot_interaction_backward"})
 _COMM_MARKERS = ("all_to_all", "alltoall", "all_reduce", "allreduce", "all_gather", "allgather",
                  "reduce_scatter", "broadcast", "nccl", "gloo")
 
