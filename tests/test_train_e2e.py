@@ -76,3 +76,24 @@ def test_a_rank_that_fails_on_a_bug_has_its_traceback_printed(capsys: pytest.Cap
     assert code == 1 and result is None
     assert "Traceback" in err and "_fail_with_a_bug" in err and "ValueError: planted bug x17" in err
     assert "error: rank" in err.splitlines()[-1]
+
+
+def test_the_launching_process_checks_a_run_without_importing_torchrec(tmp_path: Path) -> None:
+    """The CLI's checks before any rank starts (config, data, resume point) stay free of torchrec's
+    3-4 s import; the ranks import it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = (
+        "import sys\n"
+        "from torchrec_models.config import load_config\n"
+        "from torchrec_models.runtime.worker import preflight\n"
+        f"for config in ({TINY!r}, {str(ROOT / 'configs' / 'dlrm_criteo_onehot.toml')!r}):\n"
+        f"    preflight(load_config(config), 2, run_dir=__import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "print(sorted(m for m in sys.modules if m == 'torchrec' or m.startswith('torchrec.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

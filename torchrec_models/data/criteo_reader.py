@@ -12,17 +12,20 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
-from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import Config, ConfigError, feature_names, table_names
+from torchrec_models.data import torchrec_types as tr
 from torchrec_models.data.criteo_preprocess import (
     CAT_FEATURES, DENSE_FEATURES, CriteoDataError, array_path, dense_name, read_meta,
 )
+
+if TYPE_CHECKING:
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 LABEL_RATE_ROWS = 1_000_000  # rows read for the label rate the output bias starts at
 MULTI_HOT_SEED = 0  # the synthesized multi-hot ids are a property of the data set, not of the run
@@ -293,7 +296,7 @@ class CriteoSource:
         dense, sparse, labels = files.gather(rows)
         _check_dense(dense, files, rows)
         sparse = self._check_ids(sparse, files, rows)
-        return Batch(
+        return tr.Batch(
             dense_features=torch.from_numpy(dense),
             sparse_features=self._kjt(sparse),
             labels=torch.from_numpy(labels),
@@ -331,9 +334,9 @@ class CriteoSource:
         else:
             values = torch.from_numpy(np.ascontiguousarray(sparse.T).reshape(-1))
         j = self._jagged_parts(batch_size, sizes)
-        return KeyedJaggedTensor(keys=self.keys, values=values, lengths=j["lengths"], offsets=j["offsets"],
-                                 stride=batch_size, length_per_key=j["length_per_key"],
-                                 offset_per_key=j["offset_per_key"], index_per_key=j["index_per_key"])
+        return tr.KeyedJaggedTensor(keys=self.keys, values=values, lengths=j["lengths"], offsets=j["offsets"],
+                                    stride=batch_size, length_per_key=j["length_per_key"],
+                                    offset_per_key=j["offset_per_key"], index_per_key=j["index_per_key"])
 
     def _jagged_parts(self, batch_size: int, sizes: list[int]) -> dict:
         """Lengths and offsets are the same for every batch of a size: made once."""

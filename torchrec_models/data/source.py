@@ -1,13 +1,15 @@
 """Chooses the batch source named by ``data.kind`` and hands each rank its slice."""
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import torch
-from torchrec.datasets.utils import Batch
 
 from torchrec_models.config import Config, ConfigError
 from torchrec_models.data.synthetic import EVAL_STREAM, TRAIN_STREAM, SyntheticData, SyntheticSpec, rank_batches
+
+if TYPE_CHECKING:
+    from torchrec.datasets.utils import Batch
 
 
 class BatchSource(Protocol):

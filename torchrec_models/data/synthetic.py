@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
-from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import Config, feature_names
+from torchrec_models.data import torchrec_types as tr
 from torchrec_models.data.hashing import hash_coords, uniform, uniform_extended
+
+if TYPE_CHECKING:
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 _ID_SCRAMBLE = 2654435761  # prime; makes hot ids land anywhere in a table
@@ -87,9 +90,9 @@ class SyntheticData:
             kjt, pooled_scores = self._sparse_fixed(key, rows)
         else:
             lengths, ids, pooled_scores = self._sparse(key, rows)
-            kjt = KeyedJaggedTensor.from_lengths_sync(keys=self.keys, values=ids, lengths=lengths)
+            kjt = tr.KeyedJaggedTensor.from_lengths_sync(keys=self.keys, values=ids, lengths=lengths)
         labels = self._labels(key, rows, dense, pooled_scores)
-        return Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels)
+        return tr.Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels)
 
     def _sparse_fixed(self, key, rows) -> tuple[KeyedJaggedTensor, torch.Tensor]:
         """The ids and mean teacher scores of every feature drawn as one [rows, slots] grid: the
@@ -106,8 +109,8 @@ class SyntheticData:
             width = len(group) * pooling
             scores[:, group] = id_scores[:, start:start + width].reshape(len(rows), len(group), pooling).sum(2) / pooling
         values, lengths, per_key = layout.key_major(ids)
-        kjt = KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=len(rows),
-                                length_per_key=per_key)
+        kjt = tr.KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=len(rows),
+                                   length_per_key=per_key)
         return kjt, scores
 
     def _dense(self, key: tuple[int, int, int], rows: torch.Tensor) -> torch.Tensor:

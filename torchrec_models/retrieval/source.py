@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
-from torchrec.datasets.utils import Batch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_models.config import Config, ConfigError, feature_names
+from torchrec_models.data import torchrec_types as tr
 from torchrec_models.data.criteo_reader import RowOrder
 from torchrec_models.retrieval.metrics import Pairs
 from torchrec_models.retrieval.preprocess import META
+
+if TYPE_CHECKING:
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 FEATURES = ("user_id", "age", "gender", "occupation", "item_id", "genre")
 NEGATIVES_STREAM = 7  # the extra negatives' random stream, apart from any other use of the seed
@@ -98,8 +101,9 @@ class MovieLensSource:
         negatives = np.zeros(0, np.int64) if negatives is None else negatives
         all_items = np.concatenate([items, negatives])
         users_or_none = np.concatenate([users, np.full(len(negatives), -1)])
-        return Batch(dense_features=torch.zeros(len(all_items), 0), sparse_features=self.features(users_or_none, all_items),
-                     labels=torch.as_tensor(all_items, dtype=torch.long))
+        return tr.Batch(dense_features=torch.zeros(len(all_items), 0),
+                        sparse_features=self.features(users_or_none, all_items),
+                        labels=torch.as_tensor(all_items, dtype=torch.long))
 
     def features(self, users: np.ndarray | None, items: np.ndarray | None) -> KeyedJaggedTensor:
         """All six features of rows (user, item); a side given as None, or a user of -1, has no ids."""
@@ -118,7 +122,7 @@ class MovieLensSource:
             starts, counts = self.genre_offsets[items], self.genre_counts[items]
             values += [items, self.genre_values[_ranges(starts, counts)]]
             lengths += [np.ones(n, np.int64), counts]
-        return KeyedJaggedTensor.from_lengths_sync(
+        return tr.KeyedJaggedTensor.from_lengths_sync(
             keys=self.keys, values=torch.as_tensor(np.concatenate(values), dtype=torch.long),
             lengths=torch.as_tensor(np.concatenate(lengths), dtype=torch.long))
 

@@ -16,7 +16,7 @@ from torchrec_models.runtime.quiet import quiet_library_noise
 def preflight(cfg: Config, nproc: int, run_dir: Path | None = None, resume: str = "none") -> None:
     """Checks what can be checked before any process starts or any file is written."""
     from torchrec_models.data.source import make_source
-    from torchrec_models.sharding.planner import validate_for_device
+    from torchrec_models.sharding.device_support import validate_for_device
     from torchrec_models.train.evaluation import plan_eval
 
     wants_cuda = cfg.sharding.device == "cuda" or (cfg.sharding.device == "auto" and torch.cuda.is_available())

@@ -24,6 +24,7 @@ from torchrec.distributed.types import CacheParams, ShardingPlan, ShardingType
 
 from torchrec_models.config import Config, ConfigError, table_names
 from torchrec_models.kernels import pooled_lookup
+from torchrec_models.sharding.device_support import validate_for_device
 from torchrec_models.train.optim import fused_params
 
 EBC_PATH = "model.sparse_arch.embedding_bag_collection"
@@ -65,14 +66,6 @@ def table_types(cfg: Config) -> dict[str, str]:
 def kernel_for(sharding_type: str, kernel: str) -> str:
     """Data-parallel tables always use the dense kernel (replicas updated like dense weights)."""
     return EmbeddingComputeKernel.DENSE.value if sharding_type == ShardingType.DATA_PARALLEL.value else kernel
-
-
-def validate_for_device(cfg: Config, device_type: str) -> None:
-    """Rejects combinations the device cannot run, naming the key."""
-    if device_type != "cuda" and cfg.sharding.kernel == UVM_CACHING:
-        raise ConfigError("sharding.kernel", "fused_uvm_caching needs a CUDA device")
-    if device_type != "cuda" and cfg.sharding.qcomm == "bf16":
-        raise ConfigError("sharding.qcomm", "bf16 needs a CUDA device (gloo has no bf16 codec; fp16 runs on CPU)")
 
 
 def make_topology(
