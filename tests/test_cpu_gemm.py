@@ -114,3 +114,10 @@ def test_the_fp32_ceiling_is_the_faster_library():
     assert roofline.measure_gemm_gflops(n=256, seconds=0.05, engine="openblas") > 0
     rates = roofline._fp32_rates("cpu")
     assert rates["gemm_fp32_gflops"] == max(rates["gemm_fp32_torch_gflops"], rates["gemm_fp32_openblas_gflops"])
+
+
+def test_openblas_gets_one_thread_of_its_own(openblas):
+    from threadpoolctl import threadpool_info
+
+    numpy_blas = [lib for lib in threadpool_info() if lib.get("internal_api") == "openblas" and "numpy" in lib["filepath"]]
+    assert numpy_blas and all(lib["num_threads"] == 1 for lib in numpy_blas)

@@ -78,14 +78,15 @@ def uses_openblas(*tensors: torch.Tensor) -> bool:
 
 def _openblas_library() -> str:
     """The file of numpy's OpenBLAS (loaded with numpy), asked for one thread of its own."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import ThreadpoolController, threadpool_info
 
     importlib.import_module("numpy")  # loads the library
-    found = [lib for lib in threadpool_info() if lib.get("internal_api") == "openblas"]
+    found = [lib["filepath"] for lib in threadpool_info() if lib.get("internal_api") == "openblas"]
     if not found:
         raise RuntimeError("no OpenBLAS loaded with numpy")
-    threadpool_limits(limits=1, user_api="blas")
-    return next((lib for lib in found if "numpy" in lib["filepath"]), found[0])["filepath"]
+    path = next((p for p in found if "numpy" in p), found[0])
+    ThreadpoolController().select(filepath=path).limit(limits=1)  # other BLAS libraries keep theirs
+    return path
 
 
 def _bind_openblas() -> None:
