@@ -42,14 +42,19 @@ def git_sha(root: Path | None = None) -> str | None:
     return (f"{sha}-dirty" if changed.returncode == 1 else sha) or None
 
 
-def cpu_model() -> str:
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of ``name`` in /proc/cpuinfo (``model name``, ``vendor_id``), None without it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
 def hardware() -> dict[str, object]:

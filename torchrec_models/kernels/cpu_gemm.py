@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from torchrec_models import runinfo
 from torchrec_models.kernels.build import build_extension, build_or_fall_back
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,7 @@ def cpu_vendor() -> str:
     """The x86 vendor string (``AuthenticAMD``, ``GenuineIntel``), or '' where it is not known."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return runinfo.cpuinfo_field("vendor_id") or ""
 
 
 def resolve(setting: str) -> str:
