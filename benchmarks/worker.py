@@ -11,8 +11,8 @@ from benchmarks.rows import Row
 from benchmarks.split import split_steps
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
-from torchrec_models.runtime.quiet import quiet_library_noise
 from torchrec_models.kernels import cpu_gemm
+from torchrec_models.runtime.quiet import quiet_library_noise
 
 
 def bench_worker(row: Row) -> dict[str, Any]:

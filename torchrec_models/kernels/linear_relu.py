@@ -6,8 +6,9 @@ forward is one library call that applies bias and ReLU inside the GEMM (oneDNN's
 bf16, where torch's bf16 ``addmm`` is the slower path; ``addmm`` and an in-place ReLU in fp32), so
 fp32 values are torch's bit for bit (bf16 ones are the same fp32 sums rounded once, equal to torch's
 where oneDNN picks the same GEMM kernel for both), and the backward masks and sums in one pass
-(``linear_relu_cpu.cpp``). The GEMMs are the libraries'. Other devices and compiled graphs keep
-the composition.
+(``linear_relu_cpu.cpp``). The GEMMs are the libraries': in fp32 torch's, or OpenBLAS's with the
+bias and ReLU applied per block of rows where ``train.cpu_gemm`` picks it (``cpu_gemm.py``). Other
+devices and compiled graphs keep the composition.
 """
 from __future__ import annotations
 
