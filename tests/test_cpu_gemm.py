@@ -121,3 +121,21 @@ def test_openblas_gets_one_thread_of_its_own(openblas):
 
     numpy_blas = [lib for lib in threadpool_info() if lib.get("internal_api") == "openblas" and "numpy" in lib["filepath"]]
     assert numpy_blas and all(lib["num_threads"] == 1 for lib in numpy_blas)
+
+
+def test_openblas_that_cannot_be_set_up_is_an_error_only_when_asked_for(monkeypatch):
+    was = cpu_gemm.engine()
+
+    def broken() -> None:
+        raise RuntimeError("no OpenBLAS loaded with numpy")
+
+    monkeypatch.setattr(cpu_gemm, "_bind_openblas", broken)
+    monkeypatch.setattr(cpu_gemm, "cpu_vendor", lambda: "AuthenticAMD")
+    try:
+        with pytest.raises(ConfigError, match="train.cpu_gemm"):
+            cpu_gemm.apply("openblas", "cpu")
+        cpu_gemm.apply("auto", "cpu")
+        assert cpu_gemm.engine() == "torch"
+    finally:
+        monkeypatch.undo()
+        cpu_gemm.apply(was, "cpu")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib
-import logging
 import platform
 from pathlib import Path
 
@@ -21,8 +20,6 @@ import torch
 from torchrec_models import runinfo
 from torchrec_models.kernels.build import build_extension, build_or_fall_back
 
-log = logging.getLogger(__name__)
-ENGINES = ("auto", "torch", "openblas")
 SOURCE = Path(__file__).with_name("blas_gemm_cpu.cpp")
 # cblas_sgemm as OpenBLAS builds name it: numpy's own (ILP64, prefixed), then plain builds
 SGEMM_SYMBOLS = (("scipy_cblas_sgemm64_", True), ("cblas_sgemm64_", True), ("scipy_cblas_sgemm", False),
@@ -49,8 +46,7 @@ def apply(setting: str, device_type: str) -> None:
     """Makes ``setting`` the engine of this process's CPU MLP products (torch's on other devices);
     OpenBLAS that cannot be bound raises for 'openblas' and falls back to torch's for 'auto'."""
     engine = resolve(setting) if device_type == "cpu" else "torch"
-    if engine == "openblas" and not build_or_fall_back(_bind_openblas, setting == "openblas", "train.cpu_gemm",
-                                                       "'auto' or 'torch'", "OpenBLAS GEMM", "torch's GEMM"):
+    if engine == "openblas" and not _set_up(required=setting == "openblas"):
         engine = "torch"
     _state["engine"] = engine
 
@@ -61,7 +57,12 @@ def engine() -> str:
 
 def openblas_ready() -> bool:
     """Whether OpenBLAS products can run in this process (set up if needed; the engine unchanged)."""
-    return build_or_fall_back(_bind_openblas, False, "train.cpu_gemm", "'auto' or 'torch'", "OpenBLAS GEMM",
+    return _set_up(required=False)
+
+
+def _set_up(required: bool) -> bool:
+    """Binds OpenBLAS once; a failure raises a ConfigError if ``required``, else logs and returns False."""
+    return build_or_fall_back(_bind_openblas, required, "train.cpu_gemm", "'auto' or 'torch'", "OpenBLAS GEMM",
                               "torch's GEMM")
 
 
