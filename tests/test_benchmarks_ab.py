@@ -44,7 +44,7 @@ def test_summary_and_verdict():
 
 
 @pytest.mark.parametrize("override, key", [
-    ("train.cpu_keep_freed_memory=true", "train.cpu_keep_freed_memory"),
+    ("train.cpu_keep_freed_memory=false", "train.cpu_keep_freed_memory"),
     ("sharding.device=cuda", "sharding.device"),
     ("train.cpu_mlpp=torch", "train.cpu_mlpp"),
 ])

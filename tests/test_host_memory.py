@@ -42,9 +42,9 @@ def test_kept_memory_is_reused_without_faulting_in_again():
 def test_the_setting_is_applied_only_to_cpu_runs_that_ask(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory, "keep_freed_memory", lambda: calls.append(1) or True)
-    keep = load_config(TINY, ["train.cpu_keep_freed_memory=true"]).train
+    keep = load_config(TINY).train  # on by default
     host_memory.apply(keep, "cuda")
-    host_memory.apply(load_config(TINY).train, "cpu")  # off by default
+    host_memory.apply(load_config(TINY, ["train.cpu_keep_freed_memory=false"]).train, "cpu")
     assert calls == []
     host_memory.apply(keep, "cpu")
     assert calls == [1]

@@ -239,7 +239,7 @@ class TrainConfig:
     cpu_interaction: str = "auto"  # DLRM's dot interaction on CPU: native (this project's fused kernel), torch, auto
     cpu_mlp: str = "auto"  # MLP layers' bias + ReLU on CPU: native (one pass around each GEMM), torch, auto
     cpu_gemm: str = "auto"  # fp32 GEMMs of those layers on CPU: torch (MKL), openblas (numpy's), auto (openblas on AMD)
-    cpu_keep_freed_memory: bool = False  # on CPU, freed host blocks < 1 GiB are reused, not returned to the OS
+    cpu_keep_freed_memory: bool = True  # on CPU, freed host blocks < 1 GiB are reused, not returned to the OS
     compile: bool = False  # compile the dense part (bottom MLP, interaction, top MLP) with torch.compile
     best_metric: str = ""  # what "best evaluation" means; empty = the task's: ne (ranking), recall_at_100 (retrieval)
     early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better best_metric
