@@ -62,5 +62,12 @@ def test_gemm_probe_shrinks_for_a_slow_dtype(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(roofline.torch, "mm", slow_mm)
     assert roofline._gemm_size(torch.float32, 2048, budget_s=1.0, device="cpu") == 512
+
+    def avx2_bf16_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # 15x, not 8x, per doubling
+        time.sleep({256: 0.024, 512: 0.197}.get(a.shape[0], 2.9))
+        return a
+
+    monkeypatch.setattr(roofline.torch, "mm", avx2_bf16_mm)
+    assert roofline._gemm_size(torch.bfloat16, 2048, budget_s=2.0, device="cpu") == 512  # not 1024's 2.9 s
     monkeypatch.undo()
     assert roofline._gemm_size(torch.float32, 512, budget_s=60.0, device="cpu") == 512
