@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import torch
 
 from torchrec_models.config import Config, ConfigError, load_config
+from torchrec_models.runtime.gc_freeze import freeze_long_lived
 from torchrec_models.runtime.quiet import quiet_library_noise
 
 
@@ -50,6 +51,8 @@ def train_worker(
     from torchrec_models.runtime.distributed import process_group
     from torchrec_models.train.trainer import run_training
 
+    if _launched():  # a process of its own: what the imports made lives until it exits
+        freeze_long_lived()
     cfg = load_config(config_path, list(overrides))
     with process_group(cfg.sharding.device) as env, reporting_user_errors(env):
         summary = run_training(cfg, env, Path(run_dir), resume)

@@ -61,9 +61,13 @@ def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> 
     from torchrec_models.runtime.quiet import quiet_library_noise
     from torchrec_models.train.checkpoint import load_checkpoint
     from torchrec_models.train.trainer import Trainer
+    from torchrec_models.runtime.gc_freeze import freeze_long_lived
+    from torchrec_models.runtime.launcher import under_launcher
     from torchrec_models.runtime.worker import reporting_user_errors
 
     quiet_library_noise()
+    if under_launcher():
+        freeze_long_lived()
     cfg = scoring_config(Path(checkpoint), Path(data_dir))
     with process_group(cfg.sharding.device) as env, reporting_user_errors(env):
         trainer = Trainer(cfg, env, None)
