@@ -5,6 +5,7 @@ import json
 import re
 import sys
 import traceback
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from benchmarks.suites import SUITES
 from benchmarks.worker import bench_worker
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
+from torchrec_models.runtime import rank_server
+from torchrec_models.runtime.environment import rank_environment
 from torchrec_models.runtime.launcher import launch_local
 from torchrec_models.runtime.precision_support import precision_warning
 
@@ -75,7 +78,7 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
                "ceilings": ceilings, "prices_usd_per_hour": prices}
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
     records = []
-    with (out_dir / "results.jsonl").open("a") as sink:
+    with (out_dir / "results.jsonl").open("a") as sink, _rank_server(device):  # after the probes: it takes a core
         for i, row in enumerate(rows, 1):
             print(f"[{i}/{len(rows)}] {row.name} (world size {row.world_size})", flush=True)
             record = _measure(name, row, repeat, ceilings, prices, device)
@@ -84,6 +87,14 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
             records.append(record)
             _print_line(record)
     return records
+
+
+def _rank_server(device: str) -> AbstractContextManager:
+    """CPU rows' ranks forked from one rank server for the whole suite (their imports made once);
+    fresh interpreters otherwise (see torchrec_models.runtime.rank_server)."""
+    if device != "cpu" or rank_server.cuda_host():
+        return nullcontext()
+    return rank_server.rank_server(rank_environment(1), rank_server.RANK_MODULES + ("benchmarks.worker",))
 
 
 def _measure(suite: str, row: Row, repeat: int, ceilings: dict[str, float], prices: dict[str, float],

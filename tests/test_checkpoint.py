@@ -78,7 +78,7 @@ def test_resharded_resume_continues_with_the_same_losses(tmp_path_factory, world
 
 
 def _rank_pids(root_pid: int) -> list[int]:
-    """Descendant processes of ``root_pid`` that are spawned ranks."""
+    """Descendant processes of ``root_pid`` that are ranks: spawned, or forked by the rank server."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -87,16 +87,17 @@ def _rank_pids(root_pid: int) -> list[int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root_pid]
+    found, todo = [], [(root_pid, b"")]
     while todo:
-        pid = todo.pop()
+        pid, parent_cmd = todo.pop()
         for child in children.get(pid, []):
-            todo.append(child)
             try:
                 cmd = (Path("/proc") / str(child) / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            todo.append((child, cmd))
+            spawned = b"spawn_main" in cmd and b"resource_tracker" not in cmd
+            if spawned or (b"forkserver" in cmd and b"forkserver" in parent_cmd):
                 found.append(child)
     return found
 

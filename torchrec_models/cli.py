@@ -4,9 +4,8 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import os
 import sys
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -177,13 +176,14 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
-    from torchrec_models.runtime.worker import preflight, train_worker
-
     if args.nproc_per_node < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
-    preflight(cfg, args.nproc_per_node, args.run_dir, args.resume)
-    worker_args = (args.config, tuple(args.overrides), str(args.run_dir), args.resume)
-    code, summary = _run_ranks(train_worker, worker_args, args.nproc_per_node, args.max_restarts)
+    with _rank_server_for(args.nproc_per_node, args.max_restarts):  # its imports overlap the checks
+        from torchrec_models.runtime.worker import preflight, train_worker
+
+        preflight(cfg, args.nproc_per_node, args.run_dir, args.resume)
+        worker_args = (args.config, tuple(args.overrides), str(args.run_dir), args.resume)
+        code, summary = _run_ranks(train_worker, worker_args, args.nproc_per_node, args.max_restarts)
     if summary is not None:
         _report(summary, args.run_dir)
     return code
@@ -192,18 +192,18 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 def _run_ranks(worker, worker_args: tuple, nproc: int, max_restarts: int = 0) -> tuple[int, Any]:
     """(exit status, rank 0's return value): this process as the only rank, or ``nproc`` local
     ranks through torch elastic. A rank stopped by bad input has its one line printed once."""
-    from torchrec_models.runtime.launcher import launch_local, under_launcher
-    from torchrec_models.runtime.worker import read_user_errors
+    from torchrec_models.runtime.launcher import launch_local
+    from torchrec_models.runtime.worker import ERROR_DIR_ENV, read_user_errors
 
     if nproc < 1:
         raise ConfigError("--nproc-per-node", "must be >= 1", where="option")
-    if under_launcher() or (nproc == 1 and max_restarts == 0):
+    if not _launches_ranks(nproc, max_restarts):
         return 0, worker(*worker_args)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     with _rank_error_dir() as errors:
         try:
-            return 0, launch_local(worker, worker_args, nproc, max_restarts)[0]
+            return 0, launch_local(worker, worker_args, nproc, max_restarts, env={ERROR_DIR_ENV: str(errors)})[0]
         except ChildFailedError as exc:
             messages = read_user_errors(errors)
             if messages:  # a rank stopped on bad input; the others were stopped because of it
@@ -214,6 +214,25 @@ def _run_ranks(worker, worker_args: tuple, nproc: int, max_restarts: int = 0) ->
             print(_failure_traceback(failure), file=sys.stderr, end="")
             print(f"error: rank {rank} failed (exit code {failure.exitcode})", file=sys.stderr)
             return 1, None
+
+
+def _launches_ranks(nproc: int, max_restarts: int) -> bool:
+    """Whether a command starts local ranks (it runs in this process when it is a rank itself,
+    or the only one with no restarts to make)."""
+    from torchrec_models.runtime.environment import under_launcher
+
+    return not under_launcher() and (nproc > 1 or max_restarts > 0)
+
+
+def _rank_server_for(nproc: int, max_restarts: int = 0) -> AbstractContextManager:
+    """A rank server while this command checks and runs its ranks, when it starts local ranks on a
+    host without CUDA (see runtime.rank_server); otherwise nothing."""
+    from torchrec_models.runtime import rank_server
+    from torchrec_models.runtime.environment import rank_environment
+
+    if _launches_ranks(nproc, max_restarts) and not rank_server.cuda_host():
+        return rank_server.rank_server(rank_environment(nproc))
+    return nullcontext()
 
 
 def _failure_traceback(failure: Any) -> str:
@@ -227,6 +246,18 @@ def _failure_traceback(failure: Any) -> str:
 
 def _score(args: argparse.Namespace) -> int:
     """``evaluate`` / ``predict``: checked before any rank starts, then run on every rank."""
+    with _rank_server_for(args.nproc_per_node):  # its imports overlap the checks
+        code, result, checkpoint = _checked_scoring(args)
+    if result is not None:
+        if args.command == "evaluate":
+            print(json.dumps({k: v for k, v in result.items() if k not in ("checkpoint", "data")}))
+        else:
+            print(f"predicted {result['rows']:,} rows with {checkpoint} (step {result['step']}); {args.out}")
+    return code
+
+
+def _checked_scoring(args: argparse.Namespace) -> tuple[int, Any, Path]:
+    """Checks the checkpoint and the data, then scores on the ranks: (exit status, rank 0's result, checkpoint)."""
     from torchrec_models.data.source import make_source
     from torchrec_models.serving.export import find_checkpoint
     from torchrec_models.serving.scoring import score_worker, scoring_config
@@ -241,12 +272,7 @@ def _score(args: argparse.Namespace) -> int:
     out = str(args.out) if args.out else None
     code, result = _run_ranks(score_worker, (args.command, str(checkpoint), str(args.data), out),
                               args.nproc_per_node)
-    if result is not None:
-        if args.command == "evaluate":
-            print(json.dumps({k: v for k, v in result.items() if k not in ("checkpoint", "data")}))
-        else:
-            print(f"predicted {result['rows']:,} rows with {checkpoint} (step {result['step']}); {args.out}")
-    return code
+    return code, result, checkpoint
 
 
 @contextmanager
@@ -256,19 +282,15 @@ def _rank_error_dir() -> Iterator[Path]:
     import logging
     import tempfile
 
-    from torchrec_models.runtime.worker import ERROR_DIR_ENV
-
     names = ("torch.distributed.elastic.multiprocessing.api", "torch.multiprocessing.spawn")
     logs = [logging.getLogger(n) for n in names]
     levels = [log.level for log in logs]
     with tempfile.TemporaryDirectory(prefix="torchrec-models-errors-") as directory:
-        os.environ[ERROR_DIR_ENV] = directory
         for log in logs:
             log.setLevel(logging.CRITICAL)
         try:
             yield Path(directory)
         finally:
-            del os.environ[ERROR_DIR_ENV]
             for log, level in zip(logs, levels):
                 log.setLevel(level)
 

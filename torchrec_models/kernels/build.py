@@ -35,21 +35,48 @@ def _cpu_signature() -> str:
 def build_extension(source: Path) -> None:
     """Compiles and loads ``source`` (its ops register on load), cached under ~/.cache/torch_extensions
     in one folder per source and header content, flags and CPU, so an edited source or another CPU
-    never loads an old build."""
+    never loads an old build, and any checkout of the same source loads the same one."""
     import ninja  # torch's builder runs the `ninja` found on PATH: this interpreter's, even outside a venv shell
     from torch.utils import cpp_extension
 
     if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    headers = b"".join(path.read_bytes() for path in sorted(source.parent.glob("*.h")))  # the sources' includes
-    key = source.read_bytes() + headers + " ".join(CFLAGS + LDFLAGS).encode() + _cpu_signature().encode()
+    headers = sorted(source.parent.glob("*.h"))  # the sources' includes
+    key = (source.read_bytes() + b"".join(h.read_bytes() for h in headers) + " ".join(CFLAGS + LDFLAGS).encode()
+           + _cpu_signature().encode())
     name = f"torchrec_models_{source.stem}_{hashlib.sha256(key).hexdigest()[:12]}"
     if name in _loaded:
         return
+    folder = Path(cpp_extension.get_default_build_root()) / "torchrec_models_sources" / name
+    copied = _copied_once([source, *headers], folder)
     # copies: the builder appends its own flags to the lists it is given
-    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+    cpp_extension.load(name=name, sources=[str(copied)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                        is_python_module=False, verbose=False)
     _loaded.add(name)
+
+
+def _copied_once(files: list[Path], folder: Path) -> Path:
+    """``files`` copied into ``folder`` (named by their content) unless there already; the first's copy.
+
+    The build compiles the copy, so its command line does not name this checkout: ninja rebuilds
+    whenever a command changes, and every clone of the repository would otherwise recompile each
+    kernel (~25 s apiece on 2 cores). A copy is made once and never rewritten (link, not replace):
+    a newer file would make ninja rebuild a library another rank has loaded.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        target = folder / path.name
+        if target.exists():
+            continue
+        staging = folder / f".{path.name}.{os.getpid()}"
+        staging.write_bytes(path.read_bytes())
+        try:
+            os.link(staging, target)
+        except FileExistsError:  # another rank made it first: the same content
+            pass
+        finally:
+            staging.unlink()
+    return folder / files[0].name
 
 
 def build_or_fall_back(build: Callable[[], None], required: bool, config_key: str, choices: str, what: str,

@@ -3,24 +3,22 @@ from __future__ import annotations
 
 import os
 import uuid
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-
-def under_launcher() -> bool:
-    """True inside a rank started by torchrun / torch elastic / torchx."""
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+from torchrec_models.runtime import rank_server
+from torchrec_models.runtime.environment import added_to_environment, rank_environment
 
 
 def launch_local(
-    entrypoint: Callable[..., Any], args: tuple[Any, ...], nproc: int, max_restarts: int = 0
+    entrypoint: Callable[..., Any], args: tuple[Any, ...], nproc: int, max_restarts: int = 0,
+    env: dict[str, str] | None = None,
 ) -> dict[int, Any]:
     """Runs ``entrypoint(*args)`` on ``nproc`` local ranks; returns each rank's return value.
 
-    Each rank gets an even share of the cores (OMP_NUM_THREADS) unless the caller set it, and
-    prints every thread's Python stack if it dies of a native crash (PYTHONFAULTHANDLER).
+    Each rank gets ``rank_environment(nproc)`` and ``env`` added to its environment. Ranks are
+    forks of the rank server while one runs (see rank_server), fresh interpreters otherwise.
     A failed rank makes elastic restart the whole group up to ``max_restarts`` times.
     """
     config = LaunchConfig(
@@ -31,21 +29,24 @@ def launch_local(
         rdzv_backend="c10d",
         rdzv_endpoint="127.0.0.1:0",
         max_restarts=max_restarts,
-        monitor_interval=0.5,
-        start_method="spawn",
+        monitor_interval=0.1,
+        start_method="forkserver" if rank_server.serving() else "spawn",
     )
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    with _child_environment({"OMP_NUM_THREADS": str(max(1, cores // nproc)), "PYTHONFAULTHANDLER": "1"}):
-        return elastic_launch(config, entrypoint)(*args)
+    added = {**rank_environment(nproc), **(env or {})}
+    with added_to_environment(added):  # what a spawned interpreter starts with
+        return elastic_launch(config, _rank_main)(added, entrypoint, *args)
 
 
-@contextmanager
-def _child_environment(defaults: dict[str, str]) -> Iterator[None]:
-    """Spawned ranks inherit these variables, except those the user already set."""
-    added = [k for k in defaults if k not in os.environ]
-    os.environ.update({k: defaults[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            del os.environ[k]
+def _rank_main(added: dict[str, str], entrypoint: Callable[..., Any], *args: Any) -> Any:
+    """A rank's first code: a forked rank did not start with ``added`` in its environment, so it is
+    applied here (thread count and crash stacks included), then ``entrypoint(*args)`` runs."""
+    os.environ.update(added)
+    if os.environ.get("PYTHONFAULTHANDLER"):
+        import faulthandler
+
+        faulthandler.enable()
+    if "OMP_NUM_THREADS" in os.environ:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    return entrypoint(*args)

@@ -94,6 +94,6 @@ def read_user_errors(directory: Path) -> list[str]:
 
 
 def _launched() -> bool:
-    from torchrec_models.runtime.launcher import under_launcher
+    from torchrec_models.runtime.environment import under_launcher
 
     return under_launcher()

@@ -62,7 +62,7 @@ def score_worker(mode: str, checkpoint: str, data_dir: str, out: str | None) -> 
     from torchrec_models.train.checkpoint import load_checkpoint
     from torchrec_models.train.trainer import Trainer
     from torchrec_models.runtime.gc_freeze import freeze_long_lived
-    from torchrec_models.runtime.launcher import under_launcher
+    from torchrec_models.runtime.environment import under_launcher
     from torchrec_models.runtime.worker import reporting_user_errors
 
     quiet_library_noise()
