@@ -43,6 +43,20 @@ def kernels_off_after():
     apply_process_settings(off, SimpleNamespace(device=torch.device("cpu")))
 
 
+@pytest.fixture(scope="module")
+def rank_server_for_module():
+    """In-process launches of the module's tests fork their ranks from one rank server (one set
+    of imports for all of them) on a host without CUDA, as the CLI's do."""
+    from torchrec_models.runtime import rank_server
+    from torchrec_models.runtime.environment import rank_environment
+
+    if rank_server.cuda_host():
+        yield
+        return
+    with rank_server.rank_server(rank_environment(2)):
+        yield
+
+
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m torchrec_models ARGS`` from the repo root; output captured as text."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

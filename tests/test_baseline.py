@@ -55,6 +55,7 @@ def _rounding_bound(start: torch.Tensor, end: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("rank_server_for_module")
 def test_baseline_at_two_ranks_matches_one_process() -> None:
     (start, one), (_, two) = _run(1, GLOBAL_BATCH), _run(2, GLOBAL_BATCH // 2)
     assert one.keys() == two.keys()

@@ -30,7 +30,7 @@ def _variants() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(rank_server_for_module):
     variants = _variants()
     sharded = run_variants(TINY, variants, WORLD, PER_RANK_BATCH, STEPS)
     reference = {

@@ -171,6 +171,7 @@ def taste_data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("rank_server_for_module")
 def test_two_ranks_match_one_process_with_gathered_negatives(taste_data: Path) -> None:
     """20 steps at a global batch of 64: 2 ranks x 32 (negatives gathered across ranks) against
     1 process x 64, every parameter within 1e-5. With extra uniform negatives the tables use SGD:
