@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -33,50 +34,53 @@ def _cpu_signature() -> str:
 
 
 def build_extension(source: Path) -> None:
-    """Compiles and loads ``source`` (its ops register on load), cached under ~/.cache/torch_extensions
-    in one folder per source and header content, flags and CPU, so an edited source or another CPU
-    never loads an old build, and any checkout of the same source loads the same one."""
+    """Compiles and loads ``source`` (its ops register on load).
+
+    Each build is kept as ~/.cache/torch_extensions/torchrec_models/NAME.so, NAME hashing the
+    source and header content, flags, CPU, torch and Python versions: an edited source or another
+    CPU never loads an old build, and every checkout and virtual environment with the same ones
+    loads the same library without compiling (torch's builder alone recompiles whenever a path in
+    its command line changes: ~25 s a kernel on 2 cores for each fresh clone).
+    """
+    import torch
+    from torch.utils import cpp_extension
+
+    name = _build_name(source)
+    if name in _loaded:
+        return
+    root = Path(cpp_extension.get_default_build_root()) / "torchrec_models"
+    library = root / f"{name}.so"
+    if library.exists():
+        torch.ops.load_library(str(library))
+    else:
+        _compile_and_load(source, name, root / name, library)
+    _loaded.add(name)
+
+
+def _build_name(source: Path) -> str:
+    import torch
+
+    headers = b"".join(path.read_bytes() for path in sorted(source.parent.glob("*.h")))  # the sources' includes
+    key = b"\0".join([source.read_bytes(), headers, " ".join(CFLAGS + LDFLAGS).encode(), _cpu_signature().encode(),
+                      torch.__version__.encode(), platform.python_version().encode()])
+    return f"torchrec_models_{source.stem}_{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def _compile_and_load(source: Path, name: str, build_dir: Path, library: Path) -> None:
+    """Builds and loads ``source`` with torch's builder in ``build_dir``, then keeps the library as
+    ``library``, put there in one rename: no process ever loads a half-written file."""
     import ninja  # torch's builder runs the `ninja` found on PATH: this interpreter's, even outside a venv shell
     from torch.utils import cpp_extension
 
     if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
-    headers = sorted(source.parent.glob("*.h"))  # the sources' includes
-    key = (source.read_bytes() + b"".join(h.read_bytes() for h in headers) + " ".join(CFLAGS + LDFLAGS).encode()
-           + _cpu_signature().encode())
-    name = f"torchrec_models_{source.stem}_{hashlib.sha256(key).hexdigest()[:12]}"
-    if name in _loaded:
-        return
-    folder = Path(cpp_extension.get_default_build_root()) / "torchrec_models_sources" / name
-    copied = _copied_once([source, *headers], folder)
+    build_dir.mkdir(parents=True, exist_ok=True)
     # copies: the builder appends its own flags to the lists it is given
-    cpp_extension.load(name=name, sources=[str(copied)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
-                       is_python_module=False, verbose=False)
-    _loaded.add(name)
-
-
-def _copied_once(files: list[Path], folder: Path) -> Path:
-    """``files`` copied into ``folder`` (named by their content) unless there already; the first's copy.
-
-    The build compiles the copy, so its command line does not name this checkout: ninja rebuilds
-    whenever a command changes, and every clone of the repository would otherwise recompile each
-    kernel (~25 s apiece on 2 cores). A copy is made once and never rewritten (link, not replace):
-    a newer file would make ninja rebuild a library another rank has loaded.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        target = folder / path.name
-        if target.exists():
-            continue
-        staging = folder / f".{path.name}.{os.getpid()}"
-        staging.write_bytes(path.read_bytes())
-        try:
-            os.link(staging, target)
-        except FileExistsError:  # another rank made it first: the same content
-            pass
-        finally:
-            staging.unlink()
-    return folder / files[0].name
+    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                       build_directory=str(build_dir), is_python_module=False, verbose=False)
+    staging = library.with_name(f".{library.name}.{os.getpid()}")
+    shutil.copyfile(build_dir / f"{name}.so", staging)
+    os.replace(staging, library)
 
 
 def build_or_fall_back(build: Callable[[], None], required: bool, config_key: str, choices: str, what: str,
