@@ -1,6 +1,7 @@
 """Ranking (DLRM, DCNv2, projection): click probability; AUC, NE and logloss on held-out examples."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ class RankingTask:
 
     def warnings(self, result: dict[str, float]) -> list[str]:
         ne = result.get("ne")
+        if ne is not None and not math.isfinite(ne):
+            return [f"eval NE is {ne}: the model's predictions are not finite (training diverged); lower the "
+                    "learning rates (README: Training well)"]
         if ne is not None and ne > 1.0:
             return [f"eval NE {ne:.4f} > 1: the model predicts worse than the base rate; lower the learning "
                     "rates, train longer, or check the data (README: Training well)"]

@@ -1,6 +1,7 @@
 """The training loop: pipelined sparse-dist steps, LR schedule, periodic evaluation, logging."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ class Trainer:
         self.writer = RunWriter(run_dir, env.is_main)
         self.global_batch = cfg.train.batch_size * env.world_size
         self.losses: list[float] = []
+        self.diverged: tuple[int, float] | None = None  # (end step, loss) of the first window whose loss is not finite
         self.start_step = 0
         self.optimizer.init_state()  # optimizer state exists before the first step, for checkpoints
         t = cfg.train
@@ -115,10 +117,15 @@ class Trainer:
         start, self.stopped_early_at = self.start_step, None
         for stop in boundaries(start, t.steps, t.eval_every, self.cfg.checkpoint.every):
             self.train_steps(start, stop, meter, bar)
-            if stop == t.steps or (t.eval_every and stop % t.eval_every == 0):
+            eval_due = stop == t.steps or (t.eval_every and stop % t.eval_every == 0)
+            if eval_due:
                 evaluation = self.evaluate(stop)
                 best.update(self, stop, evaluation, self.epoch_at(stop))
                 meter.pause()
+            if self.diverged is not None:  # no checkpoint of a model that is nan: resume from the last good one
+                evaluation = evaluation if eval_due else self.evaluate(stop)
+                self.stopped_early_at = stop if stop < t.steps else None
+                break
             self._maybe_checkpoint(stop)
             start = stop
             if best.should_stop() and stop < t.steps:
@@ -161,6 +168,8 @@ class Trainer:
             if (step + 1) % t.log_every == 0 or step + 1 == stop:
                 mean_loss = _mean_over_ranks(float(window_loss) / window_steps, self.env.device)
                 self.losses.append(mean_loss)
+                if self.diverged is None and not math.isfinite(mean_loss):
+                    self.diverged = step + 1, mean_loss
                 self._log_train(step + 1, mean_loss, factor, meter, bar)
                 window_loss.zero_()
                 window_steps = 0
@@ -182,11 +191,21 @@ class Trainer:
             tqdm.write(f"eval @ step {step}: {self.task.describe(result)}")
         return result
 
+    def _divergence_warnings(self) -> list[str]:
+        """A loss that is nan or inf never recovers: the run says so (and stops at its next evaluation)."""
+        if self.diverged is None:
+            return []
+        step, loss = self.diverged
+        stopped = f", training stopped at step {self.stopped_early_at}" if self.stopped_early_at else ""
+        return [f"the training loss was {loss} in the window ending at step {step}: training diverged{stopped}, "
+                "and the model's predictions are not usable; lower train.lr / train.embedding_lr "
+                "(README: Training well)"]
+
     def _summary(self, meter: ThroughputMeter, evaluation: dict[str, float]) -> dict[str, Any]:
         rss = _gather(runinfo.peak_rss_bytes())
         device_peak = _gather(runinfo.peak_device_bytes(self.env.device))
         final_loss = self.losses[-1] if self.losses else None
-        warnings = self.setup_warnings + self.task.warnings(evaluation)
+        warnings = self.setup_warnings + self._divergence_warnings() + self.task.warnings(evaluation)
         if self.env.is_main:
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
