@@ -1,5 +1,5 @@
 """``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR`` |
-``ab --row NAME --b KEY=VALUE``."""
+``ab --row NAME --b KEY=VALUE`` | ``lookup --threads N``."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +74,23 @@ def _ab(argv: list[str]) -> int:
     return 0
 
 
+def _lookup(argv: list[str]) -> int:
+    from benchmarks.lookup_kernel import format_record, run
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks lookup",
+                                description="FBGEMM's CPU pooled lookup against this project's, alone")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", type=Path, help="writes the record as JSON")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.rounds < 2 or args.warmup < 0:
+        print("error: --threads >= 1, --rounds >= 2, --warmup >= 0", file=sys.stderr)
+        return 2
+    print(format_record(run(args.threads, args.rounds, args.warmup, args.out)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_noise()
@@ -90,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ab(argv[1:])
     if argv[:1] == ["soak"]:
         return _soak(argv[1:])
+    if argv[:1] == ["lookup"]:
+        return _lookup(argv[1:])
     if argv[:1] == ["report"]:
         from benchmarks.report import write_report
 

@@ -75,6 +75,30 @@ def test_lookup_matches_fbgemm_in_fp32_and_rounds_it_once_in_bf16(case, native_k
     torch.testing.assert_close(got_bf16.float(), want.bfloat16().float(), rtol=2.0**-8, atol=atol)  # a tie may round either way
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_every_row_width_pools_as_fbgemm_does(weighted, native_kernels):
+    """Widths the kernel specializes (16, 32, 64, 128) and others (8, 24, 36) in one table batch."""
+    widths = [8, 16, 24, 32, 36, 64, 128]
+    ids, offsets, per_sample = _bags(len(widths), weighted, seed=5)
+
+    def pooled():
+        torch.manual_seed(0)
+        tables = SplitTableBatchedEmbeddingBagsCodegen(
+            [(ROWS, d, EmbeddingLocation.HOST, ComputeDevice.CPU) for d in widths],
+            optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=0.1, eps=1e-8)
+        return tables(ids, offsets, per_sample_weights=per_sample), tables.weights_host.detach().abs().max()
+
+    pooled_lookup.uninstall()
+    want, largest = pooled()
+    assert pooled_lookup.install(required=True)
+    got, _ = pooled()
+    assert got.shape == (BATCH, sum(widths))
+    if weighted:  # FBGEMM may fuse each product into its sum (one rounding where the kernel has two)
+        torch.testing.assert_close(got, want, rtol=0, atol=4 * 2.0**-24 * float(largest))
+    else:
+        assert torch.equal(got, want)
+
+
 def test_bf16_output_trains_exactly_as_fp32_output_cast_to_bf16(native_kernels):
     """The table update reads the bf16 gradient itself: same weights and state as casting it to fp32."""
     cast, direct = _tables([0, 0, 1]), _tables([0, 0, 1], output=SparseType.BF16)

@@ -8,6 +8,17 @@
 
 namespace torchrec_models {
 
+// Prefetches the cache line at p into every level. Inline assembly on x86-64: for the lookup's
+// width-specialized loops GCC 12 emitted no instruction at all for __builtin_prefetch (seen in
+// the disassembly), and the rows then arrived one cache miss at a time (2x slower).
+inline void prefetch_line(const void* p) {
+#if defined(__x86_64__)
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+#else
+  __builtin_prefetch(p);
+#endif
+}
+
 // element -> fp32 (exact for fp32, fp16 and bf16).
 template <typename in_t>
 inline void load_row(const in_t* src, float* dst, int64_t n) {

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -29,6 +30,7 @@ at::ScalarType output_scalar_type(int64_t output_dtype) {
   }
 }
 
+using torchrec_models::prefetch_line;
 using torchrec_models::store_row;
 
 template <typename weight_t, typename out_t, typename index_t>
@@ -45,32 +47,47 @@ struct Lookup {
   int64_t total_D;
   out_t* output;
 
-  // Bags b in [begin, end) of feature f. Rows kAhead ids ahead are prefetched: a row is a cache
-  // (and usually TLB) miss, and waiting for each one in turn costs several times the arithmetic.
-  void bags(int64_t f, int64_t begin, int64_t end, float* __restrict__ acc) const {
-    constexpr int64_t kAhead = 8;
-    const int64_t D = D_offsets[f + 1] - D_offsets[f];
+  // Rows kAhead ids ahead are prefetched: a row is a cache (and usually TLB) miss, and waiting
+  // for each one in turn costs several times the arithmetic.
+  static constexpr int64_t kAhead = 8;
+
+  // The row kAhead ids ahead (the block's last id near its end; never an invalid address).
+  void prefetch_row(const weight_t* table, int64_t rows, int64_t D, int64_t i, int64_t ids_end) const {
+    const int64_t ahead = indices[std::min(i + kAhead, ids_end - 1)];
+    const char* line = reinterpret_cast<const char*>(table + (ahead >= 0 && ahead < rows ? ahead : 0) * D);
+    for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(weight_t)); byte += 64)
+      prefetch_line(line + byte);
+  }
+
+  int64_t checked_row(int64_t f, int64_t i, int64_t rows) const {
+    const int64_t row = indices[i];
+    TORCH_CHECK(row >= 0 && row < rows, "embedding index ", row, " of feature ", f,
+                " is outside its table of ", rows, " rows");
+    return row;
+  }
+
+  // Bags b in [begin, end) of feature f, with the row width D (kD when known at compile time, so
+  // that the sum stays in registers) and per-sample weights or not.
+  template <int64_t kD, bool kWeighted>
+  void bags(int64_t f, int64_t begin, int64_t end, float* __restrict__ heap_acc) const {
+    const int64_t D = kD > 0 ? kD : D_offsets[f + 1] - D_offsets[f];
     const int64_t rows = table_rows[f];
     const weight_t* table = weights + weights_offsets[f];
     const int64_t ids_end = offsets[f * B + end];
+    float local_acc[kD > 0 ? kD : 1];
+    float* __restrict__ acc = kD > 0 ? local_acc : heap_acc;
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = offsets[f * B + b], last = offsets[f * B + b + 1];
       for (int64_t d = 0; d < D; ++d) acc[d] = 0.0f;
       for (int64_t i = first; i < last; ++i) {
-        if (i + kAhead < ids_end) {
-          const int64_t ahead = indices[i + kAhead];
-          if (ahead >= 0 && ahead < rows) {
-            const char* line = reinterpret_cast<const char*>(table + ahead * D);
-            for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(weight_t)); byte += 64)
-              __builtin_prefetch(line + byte);
-          }
+        prefetch_row(table, rows, D, i, ids_end);
+        const weight_t* __restrict__ w = table + checked_row(f, i, rows) * D;
+        if (kWeighted) {
+          const float scale = indice_weights[i];
+          for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<float>(w[d]) * scale;
+        } else {  // x * 1.0f is x: skipping the product changes no bit
+          for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<float>(w[d]);
         }
-        const int64_t row = indices[i];
-        TORCH_CHECK(row >= 0 && row < rows, "embedding index ", row, " of feature ", f,
-                    " is outside its table of ", rows, " rows");
-        const weight_t* __restrict__ w = table + row * D;
-        const float scale = indice_weights ? indice_weights[i] : 1.0f;
-        for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<float>(w[d]) * scale;
       }
       if (pooling_mode == kPoolingMean && last > first) {
         const float mean = 1.0f / (last - first);
@@ -78,6 +95,22 @@ struct Lookup {
       }
       store_row(acc, output + b * total_D + D_offsets[f], D);
     }
+  }
+
+  template <bool kWeighted>
+  void bags_of_width(int64_t f, int64_t begin, int64_t end, float* heap_acc) const {
+    switch (D_offsets[f + 1] - D_offsets[f]) {
+      case 16: return bags<16, kWeighted>(f, begin, end, heap_acc);
+      case 32: return bags<32, kWeighted>(f, begin, end, heap_acc);
+      case 64: return bags<64, kWeighted>(f, begin, end, heap_acc);
+      case 128: return bags<128, kWeighted>(f, begin, end, heap_acc);
+      default: return bags<0, kWeighted>(f, begin, end, heap_acc);
+    }
+  }
+
+  void run(int64_t f, int64_t begin, int64_t end, float* heap_acc) const {
+    if (indice_weights) bags_of_width<true>(f, begin, end, heap_acc);
+    else bags_of_width<false>(f, begin, end, heap_acc);
   }
 };
 
@@ -128,7 +161,7 @@ at::Tensor pooled_lookup(const at::Tensor& weights, const at::Tensor& weights_of
           std::vector<float> acc(max_D);
           for (int64_t item = begin; item < end; ++item) {
             const int64_t f = item / blocks, first = (item % blocks) * kBagsPerBlock;
-            lookup.bags(f, first, std::min(B, first + kBagsPerBlock), acc.data());
+            lookup.run(f, first, std::min(B, first + kBagsPerBlock), acc.data());
           }
         });
       });
