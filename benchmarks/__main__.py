@@ -1,5 +1,5 @@
 """``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR`` |
-``ab --row NAME --b KEY=VALUE`` | ``lookup --threads N``."""
+``ab --row NAME --b KEY=VALUE`` | ``tables --threads N``."""
 from __future__ import annotations
 
 import argparse
@@ -74,11 +74,11 @@ def _ab(argv: list[str]) -> int:
     return 0
 
 
-def _lookup(argv: list[str]) -> int:
-    from benchmarks.lookup_kernel import format_record, run
+def _tables(argv: list[str]) -> int:
+    from benchmarks.table_kernels import format_record, run
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks lookup",
-                                description="FBGEMM's CPU pooled lookup against this project's, alone")
+    p = argparse.ArgumentParser(prog="python -m benchmarks tables",
+                                description="FBGEMM's CPU table lookup and update against this project's, alone")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return _ab(argv[1:])
     if argv[:1] == ["soak"]:
         return _soak(argv[1:])
-    if argv[:1] == ["lookup"]:
-        return _lookup(argv[1:])
+    if argv[:1] == ["tables"]:
+        return _tables(argv[1:])
     if argv[:1] == ["report"]:
         from benchmarks.report import write_report
 

@@ -15,7 +15,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "float_rows.h"
+
 namespace {
+
+using torchrec_models::prefetch_line;
 
 constexpr int64_t kPoolingMean = 1;
 
@@ -129,6 +133,19 @@ struct Update {
     return ids;
   }
 
+  // The weights, state and gradient rows of sorted id i, ahead of their use: each is a cache miss.
+  void prefetch_id(const Ids& ids, size_t i, const weight_t* table_weights, const float* table_momentum,
+                   int64_t D) const {
+    const int64_t row = ids.rows[i];
+    const char* w = reinterpret_cast<const char*>(table_weights + row * D);
+    for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(weight_t)); byte += 64)
+      __builtin_prefetch(w + byte, 1);  // for writing
+    prefetch_line(table_momentum + row);
+    const int64_t p = ids.payload[i];
+    const char* g = reinterpret_cast<const char*>(grad_output + (ids.scaled ? ids.grad_row[p] : p));
+    for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(grad_t)); byte += 64) prefetch_line(g + byte);
+  }
+
   // Adds the gradient of sorted id i to g.
   void add_gradient(const Ids& ids, size_t i, float* g, int64_t D) const {
     const int64_t p = ids.payload[i];
@@ -154,11 +171,7 @@ struct Update {
       const int64_t row = ids.rows[i];
       std::fill(g.begin(), g.end(), 0.0f);
       for (; i < count && ids.rows[i] == row; ++i) {
-        if (i + kAhead < count) {
-          const char* next = reinterpret_cast<const char*>(table_weights + ids.rows[i + kAhead] * D);
-          for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(weight_t)); byte += 64)
-            __builtin_prefetch(next + byte, 1);
-        }
+        if (i + kAhead < count) prefetch_id(ids, i + kAhead, table_weights, table_momentum, D);
         add_gradient(ids, i, g.data(), D);
       }
       const float h = table_momentum[row] + sum_of_squares(g.data(), D) / D;

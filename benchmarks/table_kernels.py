@@ -1,8 +1,9 @@
-"""The CPU pooled lookup alone: FBGEMM's forward against this project's, on the harness's table shapes.
+"""The CPU table kernels alone: FBGEMM's against this project's, on the harness's table shapes.
 
-``python -m benchmarks lookup --threads N --out FILE`` times FBGEMM's CPU forward op with its own
+``python -m benchmarks tables --threads N --out FILE`` times FBGEMM's CPU forward op with its own
 kernel and with this project's (fp32 and bf16 output), alternating the three every round in one
-process, and writes the medians (and 10th-90th percentiles) with the machine to FILE as JSON.
+process, then the tables' backward with row-wise Adagrad (FBGEMM's update against this project's,
+alternating), and writes the medians (and 10th-90th percentiles) with the machine to FILE as JSON.
 """
 from __future__ import annotations
 
@@ -72,6 +73,36 @@ def time_shape(shape: Shape, rounds: int, warmup: int) -> dict[str, dict[str, fl
     return {name: _summary(ms) for name, ms in times.items()}
 
 
+def time_update(shape: Shape, rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per backward (gradient sort and row-wise Adagrad update) of a table batch."""
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+        ComputeDevice, EmbeddingLocation, SplitTableBatchedEmbeddingBagsCodegen,
+    )
+    from torchrec_models.kernels import rowwise_adagrad
+
+    tables = SplitTableBatchedEmbeddingBagsCodegen(
+        [(shape.rows, shape.dim, EmbeddingLocation.HOST, ComputeDevice.CPU)] * shape.tables,
+        optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=0.01, eps=1e-8)
+    args = op_arguments(shape, FP32)
+    ids, offsets = args[5], args[6]
+    grad = torch.rand(shape.bags, shape.tables * shape.dim, generator=torch.Generator().manual_seed(1))
+    was_installed = rowwise_adagrad.installed()
+    times: dict[str, list[float]] = {"fbgemm_update": [], "native_update": []}
+    try:
+        for round_ in range(warmup + rounds):
+            for name in times:
+                rowwise_adagrad.install(required=True) if name == "native_update" else rowwise_adagrad.uninstall()
+                pooled = tables(ids, offsets)
+                start = time.perf_counter()
+                pooled.backward(grad)
+                if round_ >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        rowwise_adagrad.install(required=True) if was_installed else rowwise_adagrad.uninstall()
+    return {name: _summary(ms) for name, ms in times.items()}
+
+
 def _summary(ms: list[float]) -> dict[str, float]:
     deciles = statistics.quantiles(ms, n=10)
     return {"median_ms": statistics.median(ms), "p10_ms": deciles[0], "p90_ms": deciles[-1]}
@@ -86,7 +117,8 @@ def run(threads: int, rounds: int, warmup: int, out: Path | None) -> dict:
     record = {"threads": threads, "rounds": rounds, "hardware": runinfo.hardware(),
               "git_sha": runinfo.git_sha(), "shapes": {}}
     for shape in SHAPES:
-        record["shapes"][shape.name] = {"shape": shape.__dict__, **time_shape(shape, rounds, warmup)}
+        record["shapes"][shape.name] = {"shape": shape.__dict__, **time_shape(shape, rounds, warmup),
+                                        **time_update(shape, rounds, warmup)}
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=1) + "\n")
