@@ -60,6 +60,7 @@ def time_shape(shape: Shape, rounds: int, warmup: int) -> dict[str, dict[str, fl
     variants = {"fbgemm_fp32": (False, fp32), "native_fp32": (True, fp32),
                 "native_bf16": (True, fp32[:-1] + (BF16,))}
     times: dict[str, list[float]] = {name: [] for name in variants}
+    was_installed = pooled_lookup.installed()
     try:
         for round_ in range(warmup + rounds):
             for name, (native, args) in variants.items():
@@ -69,7 +70,7 @@ def time_shape(shape: Shape, rounds: int, warmup: int) -> dict[str, dict[str, fl
                 if round_ >= warmup:
                     times[name].append((time.perf_counter() - start) * 1e3)
     finally:
-        pooled_lookup.uninstall()
+        pooled_lookup.install(required=True) if was_installed else pooled_lookup.uninstall()
     return {name: _summary(ms) for name, ms in times.items()}
 
 
@@ -112,7 +113,6 @@ def run(threads: int, rounds: int, warmup: int, out: Path | None) -> dict:
     from torchrec_models import runinfo
 
     register_fbgemm_ops()
-
     torch.set_num_threads(threads)
     record = {"threads": threads, "rounds": rounds, "hardware": runinfo.hardware(),
               "git_sha": runinfo.git_sha(), "shapes": {}}

@@ -21,8 +21,14 @@ def test_arguments_pool_the_shape_through_fbgemms_op() -> None:
 
 
 def test_the_record_times_every_variant(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from torchrec_models.kernels import pooled_lookup, rowwise_adagrad
+
     monkeypatch.setattr(table_kernels, "SHAPES", (Shape("small", 2, 64, 16, 32, 3),))
+    was = pooled_lookup.installed(), rowwise_adagrad.installed()
+    threads = torch.get_num_threads()
     record = table_kernels.run(threads=1, rounds=3, warmup=1, out=tmp_path / "lookup.json")
+    torch.set_num_threads(threads)
+    assert (pooled_lookup.installed(), rowwise_adagrad.installed()) == was  # the process's choice is kept
     result = record["shapes"]["small"]
     variants = ("fbgemm_fp32", "native_fp32", "native_bf16", "fbgemm_update", "native_update")
     assert set(result) == {"shape", *variants}
