@@ -19,6 +19,12 @@ inline void prefetch_line(const void* p) {
 #endif
 }
 
+// Prefetches every cache line of the `bytes` bytes at p (a table or gradient row).
+inline void prefetch_lines(const void* p, int64_t bytes) {
+  const char* line = static_cast<const char*>(p);
+  for (int64_t byte = 0; byte < bytes; byte += 64) prefetch_line(line + byte);
+}
+
 // element -> fp32 (exact for fp32, fp16 and bf16).
 template <typename in_t>
 inline void load_row(const in_t* src, float* dst, int64_t n) {

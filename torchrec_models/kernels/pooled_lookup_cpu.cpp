@@ -30,7 +30,7 @@ at::ScalarType output_scalar_type(int64_t output_dtype) {
   }
 }
 
-using torchrec_models::prefetch_line;
+using torchrec_models::prefetch_lines;
 using torchrec_models::store_row;
 
 template <typename weight_t, typename out_t, typename index_t>
@@ -54,9 +54,7 @@ struct Lookup {
   // The row kAhead ids ahead (the block's last id near its end; never an invalid address).
   void prefetch_row(const weight_t* table, int64_t rows, int64_t D, int64_t i, int64_t ids_end) const {
     const int64_t ahead = indices[std::min(i + kAhead, ids_end - 1)];
-    const char* line = reinterpret_cast<const char*>(table + (ahead >= 0 && ahead < rows ? ahead : 0) * D);
-    for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(weight_t)); byte += 64)
-      prefetch_line(line + byte);
+    prefetch_lines(table + (ahead >= 0 && ahead < rows ? ahead : 0) * D, D * static_cast<int64_t>(sizeof(weight_t)));
   }
 
   int64_t checked_row(int64_t f, int64_t i, int64_t rows) const {

@@ -20,6 +20,7 @@
 namespace {
 
 using torchrec_models::prefetch_line;
+using torchrec_models::prefetch_lines;
 
 constexpr int64_t kPoolingMean = 1;
 
@@ -142,8 +143,7 @@ struct Update {
       __builtin_prefetch(w + byte, 1);  // for writing
     prefetch_line(table_momentum + row);
     const int64_t p = ids.payload[i];
-    const char* g = reinterpret_cast<const char*>(grad_output + (ids.scaled ? ids.grad_row[p] : p));
-    for (int64_t byte = 0; byte < D * static_cast<int64_t>(sizeof(grad_t)); byte += 64) prefetch_line(g + byte);
+    prefetch_lines(grad_output + (ids.scaled ? ids.grad_row[p] : p), D * static_cast<int64_t>(sizeof(grad_t)));
   }
 
   // Adds the gradient of sorted id i to g.
