@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU checks in one go: the GPU tests (tests/gpu), then the `gpu` benchmark suite if the harness is
-# there. Writes under $OUT (default ./gpu_out): gpu_check.log, gpu_check_summary.json, gpu_tests.json,
-# bench/{results.jsonl,machine.json,report.md} and bench.tar.gz. Every part runs under `timeout`
-# and a failure does not stop the next part; the whole run stays under GPU_CHECK_BUDGET_S (default
-# 340 s). Exit status: 0 when every part that ran passed.
+# GPU checks in one go: the GPU tests (tests/gpu), one profiled training, then the `gpu` benchmark suite
+# if the harness is there. Writes under $OUT (default ./gpu_out): gpu_check.log, gpu_check_summary.json,
+# gpu_tests.json, profile_top_ops.txt, bench/{results.jsonl,machine.json,report.md} and bench.tar.gz.
+# Every part runs under `timeout` and a failure does not stop the next part; the whole run stays under
+# GPU_CHECK_BUDGET_S (default 340 s). Exit status: 0 when every part that ran passed.
 #
 #   bash scripts/gpu_check.sh                 # from the repo root; PYTHON=... to pick the interpreter
 #
@@ -89,6 +89,12 @@ for case in ET.parse(sys.argv[1]).getroot().iter("testcase"):
 print(json.dumps({**counts, "tests": cases}, indent=2))
 PYEOF
 
+# One profiled Criteo-preset training (bf16, batch 8192): the ops by device time and by host time.
+part profile 120 "$PY" -m torchrec_models train --config configs/dlrm_criteo_onehot.toml --run-dir "$work/profile_run" \
+  --profile "$work/profile" --set sharding.device=cuda train.precision=bf16 train.batch_size=8192 train.steps=30 \
+  train.eval_steps=0 train.measure_after=20 train.profile_steps=5
+cp "$work/profile/top_ops_rank0.txt" "$out/profile_top_ops.txt" 2>/dev/null
+
 if [[ -f benchmarks/__main__.py ]]; then
   only=()
   for o in ${GPU_BENCH_ONLY:-}; do only+=(--only "$o"); done
@@ -109,8 +115,8 @@ else
 fi
 
 "$PY" - "$out" "$((SECONDS - start))" "$work/versions.json" \
-  "install=${rc[install]:-not_needed}" "versions=${rc[versions]:-}" "tests=${rc[tests]:-}" "bench=${rc[bench]:-}" \
-  "install_s=${secs[install]:-0}" "versions_s=${secs[versions]:-0}" "tests_s=${secs[tests]:-0}" "bench_s=${secs[bench]:-0}" \
+  "install=${rc[install]:-not_needed}" "versions=${rc[versions]:-}" "tests=${rc[tests]:-}" "profile=${rc[profile]:-}" "bench=${rc[bench]:-}" \
+  "install_s=${secs[install]:-0}" "versions_s=${secs[versions]:-0}" "tests_s=${secs[tests]:-0}" "profile_s=${secs[profile]:-0}" "bench_s=${secs[bench]:-0}" \
   >"$work/summary.txt" 2>&1 <<'PYEOF'
 import json, sys
 from pathlib import Path
@@ -126,7 +132,7 @@ records = []
 results = Path(out) / "bench" / "results.jsonl"
 if results.is_file():
     records = [json.loads(l) for l in results.read_text().splitlines() if l.strip()]
-parts = {name: {"exit": kv[name], "seconds": int(kv[f"{name}_s"])} for name in ("install", "versions", "tests", "bench")}
+parts = {name: {"exit": kv[name], "seconds": int(kv[f"{name}_s"])} for name in ("install", "versions", "tests", "profile", "bench")}
 parts["tests"].update({k: tests.get(k) for k in ("passed", "failed", "error", "skipped")})
 def short(error):
     """The line of a (possibly multi-line) failure that names the exception."""
@@ -162,7 +168,7 @@ say "summary (elapsed $((SECONDS - start))s):"
 tee -a "$log" <"$work/summary.txt"
 
 status=0
-for name in install versions tests bench; do
+for name in install versions tests profile bench; do
   case "${rc[$name]:-skipped}" in 0|skipped) ;; *) status=1 ;; esac
 done
 exit $status

@@ -168,3 +168,13 @@ def test_two_tower_trains_and_evaluates_on_cuda(tmp_path: Path) -> None:
             trainer.close()
     assert result["examples"] == 2000
     assert result["recall_at_100"] > result["popularity_baseline"]["recall_at_100"]
+
+
+def test_profile_on_cuda(tmp_path: Path) -> None:
+    """train.profile_dir on the GPU path: a trace, and the top ops by device time and by host time."""
+    profile = tmp_path / "profile"
+    with trainer_on_gpu(f"train.profile_dir={profile}", "train.profile_steps=3", "train.measure_after=2") as trainer:
+        trainer.train_steps(0, 10)
+    text = (profile / "top_ops_rank0.txt").read_text()
+    assert "by device time" in text and "by host time" in text and "Self CUDA" in text
+    assert (profile / "rank0.pt.trace.json").stat().st_size > 0

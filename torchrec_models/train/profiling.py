@@ -50,6 +50,11 @@ class StepProfiler:
 
 
 def top_ops(prof: profile, device: torch.device, steps: int, rows: int = 15) -> str:
-    """The ops that took most of their own time (device time on a GPU), per step."""
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return f"{steps} steps; totals over all of them\n" + prof.key_averages().table(sort_by=key, row_limit=rows)
+    """The ops that took most of their own time over the profiled steps. On a GPU two tables: by device time, and by
+    host time, which is what a step bound by the host (launches, syncs, data) spends."""
+    averages = prof.key_averages()
+    head = f"{steps} steps; totals over all of them\n"
+    if device.type != "cuda":
+        return head + averages.table(sort_by="self_cpu_time_total", row_limit=rows)
+    return (head + "by device time:\n" + averages.table(sort_by="self_cuda_time_total", row_limit=rows)
+            + "\nby host time:\n" + averages.table(sort_by="self_cpu_time_total", row_limit=rows))
