@@ -100,18 +100,29 @@ class SyntheticData:
         gathered to its slots), in a few dozen tensor ops instead of a few dozen per pooling size."""
         layout = self._slots
         per_feature = hash_coords(*key, 2, layout.features[None, :], rows[:, None])  # [rows, features], layout order
-        per_slot = per_feature.to(torch.int32).repeat_interleave(layout.feature_slots, dim=1)  # same 32 bits
+        per_slot = per_feature.to(torch.int32)  # same 32 bits
+        if not layout.one_hot:
+            per_slot = per_slot.repeat_interleave(layout.feature_slots, dim=1)
         u = uniform_extended(per_slot, layout.slot_index[None, :])
         ids = self._zipf_ids(u, layout.slot_rows[None, :])  # [rows, slots], slots grouped by pooling size
         id_scores = self._id_scores(layout.slot_feature[None, :], ids)
-        scores = torch.empty(len(rows), len(self.keys), dtype=torch.float64, device=self.device)
-        for start, pooling, group in layout.groups:
-            width = len(group) * pooling
-            scores[:, group] = id_scores[:, start:start + width].reshape(len(rows), len(group), pooling).sum(2) / pooling
+        scores = self._mean_scores(id_scores)
         values, lengths, per_key = layout.key_major(ids)
         kjt = tr.KeyedJaggedTensor(keys=self.keys, values=values, lengths=lengths, stride=len(rows),
                                    length_per_key=per_key)
         return kjt, scores
+
+    def _mean_scores(self, id_scores: torch.Tensor) -> torch.Tensor:
+        """Each feature's mean teacher score over its slots, [rows, features], from a one-grid draw."""
+        rows = id_scores.size(0)
+        means = [_mean_over_slots(id_scores[:, start:start + len(group) * pooling], pooling)
+                 for start, pooling, group in self._slots.groups]
+        if len(means) == 1 and self._slots.groups[0][2] == list(range(len(self.keys))):
+            return means[0]  # one pooling size: the grid is already in feature order
+        scores = torch.empty(rows, len(self.keys), dtype=torch.float64, device=self.device)
+        for (_, _, group), mean in zip(self._slots.groups, means):
+            scores[:, group] = mean
+        return scores
 
     def _dense(self, key: tuple[int, int, int], rows: torch.Tensor) -> torch.Tensor:
         cols = torch.arange(self.spec.dense_features, device=self.device)
@@ -196,24 +207,36 @@ class _SlotLayout:
         in_layout = [f for _, _, group in self.groups for f in group]
         self.features = torch.tensor(in_layout, **on)
         self.feature_slots = torch.tensor([spec.pooling[f] for f in in_layout], **on)
+        self.one_hot = all(p == 1 for p in spec.pooling)
         self.slot_feature = torch.tensor(slot_feature, **on)
         self.slot_index = torch.tensor(slot_index, **on)
         self.slot_rows = torch.tensor([spec.table_rows[f] for f in slot_feature], **on)
-        self._lengths: dict[int, torch.Tensor] = {}
+        self._by_rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # row count -> (index, lengths)
 
     def key_major(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """(values, lengths, values per key) of a [rows, slots] grid in the KJT's key-major order:
-        one block copy per feature."""
+        one gather (a launch, not one copy per feature, on a GPU) through an index kept per row count."""
         rows = ids.size(0)
-        if rows not in self._lengths:
-            self._lengths[rows] = torch.cat(
-                [torch.full((rows,), p, dtype=torch.int64, device=ids.device) for p in self.pooling])
-        values = torch.empty(ids.numel(), dtype=ids.dtype, device=ids.device)
-        at = 0
-        for f, p in enumerate(self.pooling):
-            values[at:at + rows * p].view(rows, p).copy_(ids[:, self.first_slot[f]:self.first_slot[f] + p])
-            at += rows * p
-        return values, self._lengths[rows], [rows * p for p in self.pooling]
+        if rows not in self._by_rows:
+            self._by_rows[rows] = self._key_major_index(rows, ids.device)
+        index, lengths = self._by_rows[rows]
+        return ids.reshape(-1).index_select(0, index), lengths, [rows * p for p in self.pooling]
+
+    def _key_major_index(self, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each key-major value sits in the flattened [rows, slots] grid, and the lengths."""
+        slots = sum(self.pooling)
+        row_starts = torch.arange(rows, dtype=torch.int64, device=device)[:, None] * slots
+        blocks = [(row_starts + torch.arange(self.first_slot[f], self.first_slot[f] + p, device=device)).reshape(-1)
+                  for f, p in enumerate(self.pooling)]
+        lengths = torch.cat([torch.full((rows,), p, dtype=torch.int64, device=device) for p in self.pooling])
+        return torch.cat(blocks), lengths
+
+
+def _mean_over_slots(grid: torch.Tensor, pooling: int) -> torch.Tensor:
+    """[rows, features * pooling] -> [rows, features]: the mean of each feature's ``pooling`` slots."""
+    if pooling == 1:
+        return grid  # the mean of one value, without two passes over it
+    return grid.reshape(grid.size(0), -1, pooling).sum(2) / pooling
 
 
 def _pooling_groups(pooling: tuple[int, ...]) -> list[tuple[int, list[int]]]:
