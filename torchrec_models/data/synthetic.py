@@ -117,7 +117,7 @@ class SyntheticData:
         rows = id_scores.size(0)
         means = [_mean_over_slots(id_scores[:, start:start + len(group) * pooling], pooling)
                  for start, pooling, group in self._slots.groups]
-        if len(means) == 1 and self._slots.groups[0][2] == list(range(len(self.keys))):
+        if self._slots.one_group_in_feature_order:
             return means[0]  # one pooling size: the grid is already in feature order
         scores = torch.empty(rows, len(self.keys), dtype=torch.float64, device=self.device)
         for (_, _, group), mean in zip(self._slots.groups, means):
@@ -208,6 +208,7 @@ class _SlotLayout:
         self.features = torch.tensor(in_layout, **on)
         self.feature_slots = torch.tensor([spec.pooling[f] for f in in_layout], **on)
         self.one_hot = all(p == 1 for p in spec.pooling)
+        self.one_group_in_feature_order = in_layout == list(range(len(spec.pooling))) and len(self.groups) == 1
         self.slot_feature = torch.tensor(slot_feature, **on)
         self.slot_index = torch.tensor(slot_index, **on)
         self.slot_rows = torch.tensor([spec.table_rows[f] for f in slot_feature], **on)

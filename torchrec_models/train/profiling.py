@@ -50,11 +50,12 @@ class StepProfiler:
 
 
 def top_ops(prof: profile, device: torch.device, steps: int, rows: int = 15) -> str:
-    """The ops that took most of their own time over the profiled steps. On a GPU two tables: by device time, and by
-    host time, which is what a step bound by the host (launches, syncs, data) spends."""
+    """The ops that took most of their own time over the profiled steps. On a GPU, by device time and
+    by host time, which is what a step bound by the host (launches, syncs, data) spends."""
     averages = prof.key_averages()
+    by_host = averages.table(sort_by="self_cpu_time_total", row_limit=rows)
     head = f"{steps} steps; totals over all of them\n"
     if device.type != "cuda":
-        return head + averages.table(sort_by="self_cpu_time_total", row_limit=rows)
-    return (head + "by device time:\n" + averages.table(sort_by="self_cuda_time_total", row_limit=rows)
-            + "\nby host time:\n" + averages.table(sort_by="self_cpu_time_total", row_limit=rows))
+        return head + by_host
+    by_device = averages.table(sort_by="self_cuda_time_total", row_limit=rows)
+    return f"{head}by device time:\n{by_device}\nby host time:\n{by_host}"
