@@ -80,6 +80,18 @@ def scaling(records: dict[str, dict[str, Any]]) -> list[str]:
             f"ex/s, {p:,.0f} per core, efficiency per core {p / per_core[0]:.2f}" for r, p in zip(rows, per_core)]
 
 
+def _features(hardware: dict[str, Any]) -> str:
+    """`` (family 25 model 17, AVX512, bf16: avx512_bf16)`` where the record has it (older ones do not)."""
+    return f" ({hardware['cpu_features']})" if hardware.get("cpu_features") else ""
+
+
+def _warmup(warmup: dict[str, float] | None) -> str:
+    if not warmup:
+        return ""
+    return (f" Host memory warmed before the rows: {warmup['gib']:g} GiB filled at "
+            f"{warmup['fill_gbps']:.1f} GB/s (`--warm-memory`).")
+
+
 def write_report(directory: Path) -> Path:
     latest: dict[str, dict[str, Any]] = {}  # a rerun row replaces its earlier record
     for line in (directory / "results.jsonl").read_text().splitlines():
@@ -95,7 +107,7 @@ def write_report(directory: Path) -> Path:
     hw, ceil = machine["hardware"], machine["ceilings"]
     parts = [
         "# Benchmark report", "",
-        f"Machine: {hw['cpu']}, {hw['cores']} cores, GPU: {hw['gpu'] or 'none'}. "
+        f"Machine: {hw['cpu']}{_features(hw)}, {hw['cores']} cores, GPU: {hw['gpu'] or 'none'}. "
         f"torch {machine['versions']['torch']}, torchrec {machine['versions']['torchrec']}, "
         f"git {str(machine['git_sha'])[:10]}.",
         f"Ceilings measured in this run: fp32 GEMM {ceil['gemm_fp32_gflops']:.0f} GFLOP/s"
@@ -103,7 +115,8 @@ def write_report(directory: Path) -> Path:
            f"{ceil['gemm_fp32_openblas_gflops']:.0f})" if "gemm_fp32_openblas_gflops" in ceil else "") + ", "
         f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s"
         + (f", embedding (TBE) forward {ceil['tbe_forward_gbps']:.1f} GB/s "
-           f"({100 * ceil['tbe_forward_fraction_of_copy']:.0f}% of copy)." if "tbe_forward_gbps" in ceil else "."), "",
+           f"({100 * ceil['tbe_forward_fraction_of_copy']:.0f}% of copy)." if "tbe_forward_gbps" in ceil else ".")
+        + _warmup(machine.get("host_memory_warmup")), "",
         "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
         "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
         "(DDR on CPU, HBM on GPU). GEMM % step: training FLOPs x ex/s over the GEMM ceiling of the row's "

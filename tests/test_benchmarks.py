@@ -96,7 +96,7 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
 
     out = tmp_path / "smoke"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--suite", "smoke", "--out", str(out),
-                           "--price", "vCPU=0.09"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+                           "--price", "vCPU=0.09", "--warm-memory", "0.25"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["row"] for r in records] == ["tiny/ws1", "tiny/ws2", "baseline/tiny/ws2"]
@@ -123,6 +123,9 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
     assert (out / "cost_per_config.png").stat().st_size > 1000
     machine = json.loads((out / "machine.json").read_text())
     assert machine["ceilings"]["gemm_fp32_gflops"] > 0
+    assert machine["host_memory_warmup"]["gib"] == 0.25 and machine["host_memory_warmup"]["fill_gbps"] > 0
+    assert "Host memory warmed before the rows: 0.25 GiB" in report
+    assert machine["hardware"]["cpu_features"] in report
 
 
 def test_record_schema_rejects_missing_fields() -> None:
@@ -225,3 +228,19 @@ def test_git_sha_marks_uncommitted_changes(tmp_path: Path) -> None:
     assert clean is not None and len(clean) == 40
     (tmp_path / "f.txt").write_text("b\n")
     assert git_sha(tmp_path) == f"{clean}-dirty"
+
+
+def test_cpu_features_name_the_generation_and_its_kernels(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from torchrec_models import runinfo
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+                       "flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    real_path = runinfo.Path
+    monkeypatch.setattr(runinfo, "Path", lambda p: cpuinfo if p == "/proc/cpuinfo" else real_path(p))
+    assert runinfo.cpuinfo_field("model") == "17" and runinfo.cpuinfo_field("model name") == "AMD EPYC"
+    features = runinfo.cpu_features()
+    assert features == f"family 25 model 17, {torch.backends.cpu.get_cpu_capability()}, bf16: avx512_bf16"
+    assert runinfo.hardware()["cpu_features"] == features

@@ -43,11 +43,12 @@ def git_sha(root: Path | None = None) -> str | None:
 
 
 def cpuinfo_field(name: str) -> str | None:
-    """The first value of ``name`` in /proc/cpuinfo (``model name``, ``vendor_id``), None without it."""
+    """The first value of the key ``name`` in /proc/cpuinfo (``model name``, ``vendor_id``), None without it."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(name):
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == name:
+                return value.strip()
     except OSError:
         pass
     return None
@@ -57,10 +58,23 @@ def cpu_model() -> str:
     return cpuinfo_field("model name") or platform.processor() or "unknown"
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_features() -> str:
+    """The CPU's generation and what its kernels can use, e.g. ``family 25 model 17, AVX512,
+    bf16: avx512_bf16``: model names alone do not tell two EPYC or Xeon generations apart."""
+    flags = set((cpuinfo_field("flags") or "").split())
+    bf16 = [f for f in BF16_FLAGS if f in flags]
+    return (f"family {cpuinfo_field('cpu family') or '?'} model {cpuinfo_field('model') or '?'}, "
+            f"{torch.backends.cpu.get_cpu_capability()}, bf16: {'+'.join(bf16) or 'none'}")
+
+
 def hardware() -> dict[str, object]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "cores": cores, "gpu": gpu, "gpu_count": torch.cuda.device_count()}
+    return {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": cores, "gpu": gpu,
+            "gpu_count": torch.cuda.device_count()}
 
 
 def peak_rss_bytes() -> int:
