@@ -20,9 +20,6 @@ def _run_parser() -> argparse.ArgumentParser:
                    help="override a price (H100, H200, A100 per GPU-hour, vCPU per vCPU-hour)")
     p.add_argument("--only", action="append", default=[], metavar="REGEX",
                    help="run only rows whose name matches (re.search; repeatable), e.g. '^criteo/ws2/fp32$'")
-    p.add_argument("--warm-memory", type=float, default=0.0, metavar="GIB",
-                   help="fill and free GIB of host memory before the rows (a VM whose host backs guest "
-                        "memory on first touch; see benchmarks/host_memory.py)")
     return p
 
 
@@ -125,9 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         print("error: --repeat must be >= 1", file=sys.stderr)
         return 2
-    if args.warm_memory < 0:
-        print("error: --warm-memory must be >= 0", file=sys.stderr)
-        return 2
     if args.suite == "data":
         from benchmarks.data_suite import run_data_suite
 
@@ -141,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {args.out / 'report.md'}")
         return 0
     prices = prices_or_exit(args.price)
-    records = run_suite(args.suite, args.out, args.repeat, prices, args.only, args.warm_memory)
+    records = run_suite(args.suite, args.out, args.repeat, prices, args.only)
     print(f"report: {write_report(args.out)}")
     return 1 if any("error" in r for r in records) else 0
 

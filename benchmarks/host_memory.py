@@ -1,9 +1,10 @@
-"""Touch host memory once before a suite, so that its rows do not pay a VM's first-touch cost.
+"""How fast a process can fill memory it has just mapped: the price of every fresh page.
 
-On a virtual machine whose host backs guest memory only when the guest first writes it, every
-page a process maps for the first time since boot costs a host fault on top of the guest's own
-(seen on a 2-core Firecracker VM: 18 GB filled in 24.6 s the first time, 7.5 s the second). Rows
-measured early in such a VM's life then move with whatever memory they happen to be handed.
+On a virtual machine whose host backs guest memory only when it is first written, and takes
+freed guest pages back within seconds, each page a process maps costs a host fault on top of the
+guest's own (seen on a 2-core Firecracker VM: 18 GB filled at 0.6-0.7 GB/s, and at 2.4 GB/s
+when filled again at once). Rows whose steps map fresh buffers then move with it, which is what
+``train.cpu_keep_freed_memory`` avoids; the suite records the rate beside its other ceilings.
 """
 from __future__ import annotations
 
@@ -11,20 +12,12 @@ import time
 
 import torch
 
-CHUNK_BYTES = 1 << 30
 
-
-def touch_host_memory(gib: float) -> dict[str, float]:
-    """Fill ``gib`` GiB in 1 GiB chunks held together, then free them; the rate tells a cold host
-    (well under the machine's copy bandwidth) from a warm one."""
-    total = int(gib * (1 << 30))
-    held: list[torch.Tensor] = []
+def fresh_page_fill_gbps(gib: float = 1.0) -> float:
+    """GB/s at which ``gib`` GiB of newly mapped memory is written once (then freed)."""
+    size = int(gib * (1 << 30))
     start = time.perf_counter()
-    left = total
-    while left > 0:
-        size = min(CHUNK_BYTES, left)
-        held.append(torch.ones(size, dtype=torch.uint8))
-        left -= size
+    filled = torch.ones(size, dtype=torch.uint8)
     seconds = time.perf_counter() - start
-    del held
-    return {"gib": gib, "seconds": seconds, "fill_gbps": total / seconds / 1e9 if seconds > 0 else 0.0}
+    del filled
+    return size / seconds / 1e9

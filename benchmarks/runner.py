@@ -13,7 +13,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from benchmarks import roofline
-from benchmarks.host_memory import touch_host_memory
+from benchmarks.host_memory import fresh_page_fill_gbps
 from benchmarks.record import build_record
 from benchmarks.rows import Row
 from benchmarks.suites import SUITES
@@ -70,16 +70,14 @@ def select_rows(suite: str, only: list[str] | None = None) -> list[Row]:
 
 
 def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
-              only: list[str] | None = None, warm_memory_gib: float = 0.0) -> list[dict[str, Any]]:
+              only: list[str] | None = None) -> list[dict[str, Any]]:
     rows = select_rows(name, only)
     device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
-    warmup = touch_host_memory(warm_memory_gib) if warm_memory_gib > 0 else None
-    if warmup:
-        print(f"host memory: {warmup['gib']:g} GiB filled at {warmup['fill_gbps']:.1f} GB/s", flush=True)
     ceilings = roofline.machine_ceilings(device)
+    ceilings["fresh_page_fill_gbps"] = fresh_page_fill_gbps()
     machine = {"hardware": runinfo.hardware(), "versions": runinfo.versions(), "git_sha": runinfo.git_sha(),
-               "ceilings": ceilings, "prices_usd_per_hour": prices, "host_memory_warmup": warmup}
+               "ceilings": ceilings, "prices_usd_per_hour": prices}
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
     records = []
     with (out_dir / "results.jsonl").open("a") as sink, _rank_server(device):  # after the probes: it takes a core
