@@ -1,5 +1,5 @@
 """``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR`` |
-``ab --row NAME --b KEY=VALUE`` | ``tables --threads N``."""
+``ab --row NAME --b KEY=VALUE`` | ``ratio --a ROW --b ROW`` | ``tables --threads N``."""
 from __future__ import annotations
 
 import argparse
@@ -74,6 +74,39 @@ def _ab(argv: list[str]) -> int:
     return 0
 
 
+def _ratio(argv: list[str]) -> int:
+    import torch
+
+    from benchmarks.ratio import format_record, run_ratio, unfit_reason
+    from benchmarks.suites import SUITES
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks ratio",
+                                description="two rows of a suite in whole runs that take turns; "
+                                            "the median of the pairs' rate ratios B/A")
+    p.add_argument("--a", required=True, help="exact row name, e.g. criteo/ws1/bf16/b4096")
+    p.add_argument("--b", required=True, help="exact row name, e.g. criteo/ws2/bf16")
+    p.add_argument("--suite", default="cpu", choices=sorted(SUITES))
+    p.add_argument("--pairs", type=int, default=6)
+    p.add_argument("--out", type=Path, help="appends the record to OUT/ratio.jsonl")
+    args = p.parse_args(argv)
+    rows = {r.name: r for r in SUITES[args.suite]()}
+    missing = [name for name in (args.a, args.b) if name not in rows]
+    if missing:
+        print(f"error: no row {missing[0]!r} in suite {args.suite!r}", file=sys.stderr)
+        return 2
+    if args.pairs < 1:
+        print("error: --pairs must be >= 1", file=sys.stderr)
+        return 2
+    device = "cuda" if args.suite == "gpu" and torch.cuda.is_available() else "cpu"
+    for name in (args.a, args.b):
+        unfit = unfit_reason(rows[name], device)
+        if unfit:
+            print(f"error: row {name!r}: {unfit}", file=sys.stderr)
+            return 2
+    print(format_record(run_ratio(rows[args.a], rows[args.b], args.pairs, device, args.out)))
+    return 0
+
+
 def _tables(argv: list[str]) -> int:
     from benchmarks.table_kernels import format_record, run
 
@@ -109,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(argv[1:])
     if argv[:1] == ["tables"]:
         return _tables(argv[1:])
+    if argv[:1] == ["ratio"]:
+        return _ratio(argv[1:])
     if argv[:1] == ["report"]:
         from benchmarks.report import write_report
 

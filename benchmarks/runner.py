@@ -80,7 +80,7 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
                "ceilings": ceilings, "prices_usd_per_hour": prices}
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
     records = []
-    with (out_dir / "results.jsonl").open("a") as sink, _rank_server(device):  # after the probes: it takes a core
+    with (out_dir / "results.jsonl").open("a") as sink, rank_server_for(device):  # after the probes: it takes a core
         for i, row in enumerate(rows, 1):
             print(f"[{i}/{len(rows)}] {row.name} (world size {row.world_size})", flush=True)
             record = _measure(name, row, repeat, ceilings, prices, device)
@@ -91,7 +91,7 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
     return records
 
 
-def _rank_server(device: str) -> AbstractContextManager:
+def rank_server_for(device: str) -> AbstractContextManager:
     """CPU rows' ranks forked from one rank server for the whole suite (their imports made once);
     fresh interpreters otherwise (see torchrec_models.runtime.rank_server)."""
     if device != "cpu" or rank_server.cuda_host():

@@ -243,3 +243,35 @@ def test_cpu_features_name_the_generation_and_its_kernels(tmp_path: Path, monkey
     features = runinfo.cpu_features()
     assert features == f"family 25 model 17, {torch.backends.cpu.get_cpu_capability()}, bf16: avx512_bf16"
     assert runinfo.hardware()["cpu_features"] == features
+
+
+def test_ratio_alternates_whole_runs_and_takes_the_median_pair_ratio(monkeypatch) -> None:
+    from contextlib import nullcontext
+
+    from benchmarks import ratio
+    from benchmarks.rows import Row
+
+    row_a = Row(name="one", config="configs/tiny.toml", overrides=(), world_size=1)
+    row_b = Row(name="two", config="configs/tiny.toml", overrides=(), world_size=2)
+    runs: list[str] = []
+    speed = {"one": [100.0, 110.0, 90.0], "two": [90.0, 99.0, 90.0]}
+
+    def fake_run_row(row, repeat):
+        runs.append(row.name)
+        rate = speed[row.name][sum(name == row.name for name in runs) - 1]
+        return [{"rates": [rate - 5, rate, rate + 50]}], []
+
+    monkeypatch.setattr(ratio, "run_row", fake_run_row)
+    monkeypatch.setattr(ratio, "rank_server_for", lambda device: nullcontext())
+    record = ratio.run_ratio(row_a, row_b, 3, "cpu", None)
+    assert runs == ["one", "two", "two", "one", "one", "two"]
+    assert record["a"] == [100.0, 110.0, 90.0] and record["b"] == [90.0, 99.0, 90.0]
+    assert record["ratios"] == pytest.approx([0.9, 0.9, 1.0])
+    assert record["ratio_median"] == pytest.approx(0.9) and record["verdict"] == "within noise"
+    assert "B = two over A = one" in ratio.format_record(record)
+
+
+def test_ratio_rejects_an_unknown_row() -> None:
+    from benchmarks.__main__ import main
+
+    assert main(["ratio", "--a", "criteo/ws1/fp32", "--b", "no/such/row"]) == 2
