@@ -156,20 +156,29 @@ def run_ab(row: Row, b_overrides: list[str], plan: Plan, out_dir: Path | None) -
         "row": row.name, "world_size": row.world_size, "a_overrides": list(row.overrides),
         "b_overrides": list(b_overrides), "plan": plan.__dict__, "threads": ranks[0]["threads"],
         "a": ranks[0]["a"], "b": ranks[0]["b"], **summarize(ranks[0]["a"], ranks[0]["b"]),
-        "hardware": runinfo.hardware(), "git_sha": runinfo.git_sha(),
     }
+    return finish_record(record, out_dir, "ab.jsonl")
+
+
+def finish_record(record: dict[str, Any], out_dir: Path | None, filename: str) -> dict[str, Any]:
+    """Adds the machine, the sha and the verdict; appends the record to OUT_DIR/FILENAME if given."""
+    record = {**record, "hardware": runinfo.hardware(), "git_sha": runinfo.git_sha()}
     record["verdict"] = verdict(record)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / "ab.jsonl").open("a") as sink:
+        with (out_dir / filename).open("a") as sink:
             sink.write(json.dumps(record) + "\n")
     return record
 
 
-def format_record(record: dict[str, Any]) -> str:
+def ratio_text(record: dict[str, Any]) -> str:
+    """``A 1,000 ex/s, B 900 ex/s; B/A median 0.900 (90% interval ...``: the figures of a summary."""
     ci = record["ratio_median_90ci"]
-    return (f"{record['row']} B = {' '.join(record['b_overrides']) or '(A again)'}: "
-            f"A {record['a_examples_per_sec']:,.0f} ex/s, B {record['b_examples_per_sec']:,.0f} ex/s; "
-            f"B/A median {record['ratio_median']:.3f} (90% interval {ci[0]:.3f}-{ci[1]:.3f}; "
+    return (f"A {record['a_examples_per_sec']:,.0f} ex/s, B {record['b_examples_per_sec']:,.0f} ex/s; "
+            f"B/A median {record['ratio_median']:.3f} (90% interval {ci[0]:.3f}-{ci[1]:.3f}")
+
+
+def format_record(record: dict[str, Any]) -> str:
+    return (f"{record['row']} B = {' '.join(record['b_overrides']) or '(A again)'}: {ratio_text(record)}; "
             f"pairs p10-p90 {record['ratio_p10']:.3f}-{record['ratio_p90']:.3f}), "
             f"B faster in {record['b_faster_pairs']}/{record['pairs']} pairs: {record['verdict']}")

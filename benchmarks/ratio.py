@@ -9,17 +9,15 @@ its state.
 """
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.ab import summarize, verdict
+from benchmarks.ab import finish_record, ratio_text, summarize
 from benchmarks.rows import Row
 from benchmarks.runner import rank_server_for, run_row
-from torchrec_models import runinfo
 from torchrec_models.config import load_config
 from torchrec_models.runtime.precision_support import precision_warning
 
@@ -40,19 +38,10 @@ def run_ratio(row_a: Row, row_b: Row, pairs: int, device: str, out_dir: Path | N
             for row, rates in arms if pair % 2 == 0 else arms[::-1]:
                 ranks, _ = run_row(row, 1)
                 rates.append(statistics.median(ranks[0]["rates"]))
-    record = {"a_row": row_a.name, "b_row": row_b.name, "pairs": pairs, "a": a, "b": b, **summarize(a, b),
-              "hardware": runinfo.hardware(), "git_sha": runinfo.git_sha()}
-    record["verdict"] = verdict(record)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / "ratio.jsonl").open("a") as sink:
-            sink.write(json.dumps(record) + "\n")
-    return record
+    record = {"a_row": row_a.name, "b_row": row_b.name, "pairs": pairs, "a": a, "b": b, **summarize(a, b)}
+    return finish_record(record, out_dir, "ratio.jsonl")
 
 
 def format_record(record: dict[str, Any]) -> str:
-    ci = record["ratio_median_90ci"]
-    return (f"B = {record['b_row']} over A = {record['a_row']}: A {record['a_examples_per_sec']:,.0f} ex/s, "
-            f"B {record['b_examples_per_sec']:,.0f} ex/s; B/A median {record['ratio_median']:.3f} "
-            f"(90% interval {ci[0]:.3f}-{ci[1]:.3f}; pairs {', '.join(f'{r:.3f}' for r in record['ratios'])}): "
-            f"{record['verdict']}")
+    pairs = ", ".join(f"{r:.3f}" for r in record["ratios"])
+    return f"B = {record['b_row']} over A = {record['a_row']}: {ratio_text(record)}; pairs {pairs}): {record['verdict']}"

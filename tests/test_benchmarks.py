@@ -197,8 +197,14 @@ def test_counted_flops_are_what_the_gemm_ops_run(arch: str) -> None:
 
     from benchmarks.split import _GEMM_OPS
     from torchrec_models.data.synthetic import SyntheticData, SyntheticSpec
+    from torchrec_models.kernels import cpu_gemm, dot_interaction, linear_relu
     from torchrec_models.models import build_model
 
+    # torch's own GEMM ops, whose FLOPs the profiler reports (this project's kernels report none),
+    # whatever an earlier test in this process left switched on
+    dot_interaction.SWITCH.apply("torch", "cpu")
+    linear_relu.SWITCH.apply("torch", "cpu")
+    cpu_gemm.apply("torch", "cpu")
     cfg = load_config("configs/tiny.toml", [f"model.arch={arch}"])
     model = build_model(cfg.model, torch.device("cpu"), 0, None, table_device="cpu")
     batch = SyntheticData(SyntheticSpec.from_config(cfg)).batch(0, 0, 64)
