@@ -42,16 +42,23 @@ def git_sha(root: Path | None = None) -> str | None:
     return (f"{sha}-dirty" if changed.returncode == 1 else sha) or None
 
 
-def cpuinfo_field(name: str) -> str | None:
-    """The first value of the key ``name`` in /proc/cpuinfo (``model name``, ``vendor_id``), None without it."""
+def cpuinfo_fields() -> dict[str, str]:
+    """The first CPU's keys and values in /proc/cpuinfo (``model name``, ``vendor_id``, ``flags``);
+    empty where there is none."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, sep, value = line.partition(":")
-            if sep and key.strip() == name:
-                return value.strip()
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return None
+    return fields
+
+
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of the key ``name`` in /proc/cpuinfo, None without it."""
+    return cpuinfo_fields().get(name)
 
 
 def cpu_model() -> str:
@@ -64,9 +71,10 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 def cpu_features() -> str:
     """The CPU's generation and what its kernels can use, e.g. ``family 25 model 17, AVX512,
     bf16: avx512_bf16``: model names alone do not tell two EPYC or Xeon generations apart."""
-    flags = set((cpuinfo_field("flags") or "").split())
+    fields = cpuinfo_fields()
+    flags = set(fields.get("flags", "").split())
     bf16 = [f for f in BF16_FLAGS if f in flags]
-    return (f"family {cpuinfo_field('cpu family') or '?'} model {cpuinfo_field('model') or '?'}, "
+    return (f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, "
             f"{torch.backends.cpu.get_cpu_capability()}, bf16: {'+'.join(bf16) or 'none'}")
 
 
