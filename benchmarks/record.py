@@ -49,7 +49,10 @@ def device_kind(hardware: dict[str, Any], device: str) -> tuple[str, int]:
 def memory(ranks: list[dict[str, Any]], estimate: list[dict[str, int]] | None, on_gpu: bool) -> dict[str, Any]:
     out = []
     for r in ranks:
-        est_bytes = estimate[r["rank"]]["hbm_bytes" if on_gpu else "ddr_bytes"] if estimate else None
+        # each rank's share of its own world's estimate (an independent rank is a world of one)
+        own = r.get("estimate") or estimate
+        share = own[r.get("world_rank", r["rank"])] if own else None
+        est_bytes = share["hbm_bytes" if on_gpu else "ddr_bytes"] if share else None
         measured = r["peak_device_bytes"] if on_gpu else r["peak_rss_bytes"] - r["baseline_rss_bytes"]
         out.append({
             "rank": r["rank"], "peak_rss_bytes": r["peak_rss_bytes"], "baseline_rss_bytes": r["baseline_rss_bytes"],

@@ -9,6 +9,9 @@ class Row:
     """One measurement: ``config`` + ``overrides`` trained at ``world_size`` ranks.
 
     ``impl`` is ``torchrec`` (this package) or ``baseline`` (plain PyTorch: nn.EmbeddingBag + DDP).
+    With ``independent`` the ranks start together but each trains alone, a world of one with all
+    the tables, and the row's rate is the sum of theirs: what ``world_size`` processes on this
+    machine do without exchanging anything, the ceiling of the same row trained as one job.
     """
 
     name: str
@@ -16,6 +19,7 @@ class Row:
     overrides: tuple[str, ...] = ()
     world_size: int = 1
     impl: str = "torchrec"
+    independent: bool = False
     warmup_steps: int = 5
     window_steps: int = 5
     windows: int = 6

@@ -40,21 +40,29 @@ def run_row(row: Row, repeat: int) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _launch(row: Row, crashes: list[str]) -> dict[int, Any]:
-    """One launch of the row's ranks.
+    """One launch of the row's ranks (of an independent row: rank 0's rates are all ranks' summed).
 
     A rank killed by a signal (a native crash, not a Python error) earns the row one fresh
     relaunch per row, noted in ``crashes`` so the record and the report show it; a second
     crash, or any Python error, fails the row.
     """
     try:
-        return launch_local(bench_worker, (row,), row.world_size)
+        ranks = launch_local(bench_worker, (row,), row.world_size)
     except ChildFailedError as exc:
         killed = signal_deaths(exc)
         if not killed or crashes:
             raise
         crashes.extend(killed)
         print(f"    {'; '.join(killed)}: relaunching the row once", flush=True)
-        return launch_local(bench_worker, (row,), row.world_size)
+        ranks = launch_local(bench_worker, (row,), row.world_size)
+    return summed_rates(ranks) if row.independent else ranks
+
+
+def summed_rates(ranks: dict[int, Any]) -> dict[int, Any]:
+    """Ranks that trained alone, side by side: window i's rate is the sum of every rank's window i
+    (they started together and time the same steps, so their windows overlap)."""
+    total = [sum(rates) for rates in zip(*(ranks[r]["rates"] for r in sorted(ranks)))]
+    return {**ranks, 0: {**ranks[0], "rates": total}}
 
 
 def signal_deaths(exc: ChildFailedError) -> list[str]:

@@ -26,6 +26,7 @@ def smoke() -> list[Row]:
     rows = [
         _row("tiny/ws1", TINY, world_size=1),
         _row("tiny/ws2", TINY, "sharding.type=row_wise", world_size=2, sharding="row_wise"),
+        Row("tiny/ws2/independent", TINY, world_size=2, independent=True, tags={"sweep": "no_comm_ceiling"}),
         _row("baseline/tiny/ws2", TINY, world_size=2, impl="baseline"),
     ]
     return [Row(**{**r.__dict__, **quick}) for r in rows]
@@ -45,6 +46,9 @@ def cpu() -> list[Row]:
     # one process at the 2-process rows' global batch (4096): the scaling comparison at equal batch
     rows += [_row(f"criteo/ws1/{p}/b4096", CRITEO, f"train.precision={p}", "train.batch_size=4096", world_size=1,
                   sharding="planner", sweep="global_batch") for p in ("fp32", "bf16")]
+    # two ranks that do not talk: the ceiling of criteo/ws2/{p} on this machine
+    rows += [Row(f"criteo/ws2/{p}/independent", CRITEO, (f"train.precision={p}",), world_size=2, independent=True,
+                 tags={"sharding": "planner", "sweep": "no_comm_ceiling"}) for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/{p}/qcomm_fp16", CRITEO, f"train.precision={p}", "sharding.qcomm=fp16",
                   world_size=2, sharding="planner", lever="qcomm") for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]

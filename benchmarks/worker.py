@@ -1,8 +1,10 @@
 """Rank body of a benchmark row: build, warm up, time windows, split one step, report memory."""
 from __future__ import annotations
 
+import os
 import time
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 
@@ -21,7 +23,8 @@ def bench_worker(row: Row) -> dict[str, Any]:
     from torchrec_models.runtime.distributed import process_group
 
     cfg = load_config(row.config, list(row.overrides) + [f"train.steps={row.measured_steps}"])
-    with process_group(cfg.sharding.device) as env:
+    launch_rank = int(os.environ.get("RANK", 0))  # an independent rank's own world calls it 0
+    with alone_in_world() if row.independent else nullcontext(), process_group(cfg.sharding.device) as env:
         baseline_rss = runinfo.current_rss_bytes()
         if row.impl == "baseline":
             from benchmarks.baseline import BaselineTrainer as TrainerClass
@@ -34,7 +37,8 @@ def bench_worker(row: Row) -> dict[str, Any]:
         trainer.train_steps(0, row.measured_steps, meter)
         split = split_steps(trainer, row.measured_steps, row.split_steps)
         out = {
-            "rank": env.rank,
+            "rank": launch_rank,
+            "world_rank": env.rank,
             "rates": meter.rates,
             "split_ms": split,
             "build_seconds": build_seconds,
@@ -53,3 +57,24 @@ def bench_worker(row: Row) -> dict[str, Any]:
         out["gemm_gflops"] = rank_gemm_gflops(cfg.train.precision, env.device)
         trainer.close()
         return out
+
+
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE")
+
+
+@contextmanager
+def alone_in_world() -> Iterator[None]:
+    """This rank as a world of one for the block (a private rendezvous, the device of its local
+    rank); the launcher's environment after."""
+    saved = {k: os.environ.get(k) for k in (*RENDEZVOUS, "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    for key in RENDEZVOUS:
+        os.environ.pop(key, None)
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,7 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
                            "--price", "vCPU=0.09"], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["row"] for r in records] == ["tiny/ws1", "tiny/ws2", "baseline/tiny/ws2"]
+    assert [r["row"] for r in records] == ["tiny/ws1", "tiny/ws2", "tiny/ws2/independent", "baseline/tiny/ws2"]
     for r in records:
         validate_record(r)
         assert len(r["throughput"]["windows"]) >= 5
@@ -117,6 +118,9 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
         assert len(r["memory"]["per_rank"]) == r["world_size"]
         assert 0 < r["roofline"]["flops_fraction"] < 1
     assert {s["type"] for s in records[1]["sharding"].values()} == {"row_wise"}
+    alone = records[2]  # each rank a world of one: nothing split across ranks, every rank reported
+    assert {s["type"] for s in alone["sharding"].values()} == {"table_wise"}
+    assert sorted(m["rank"] for m in alone["memory"]["per_rank"]) == [0, 1]
     assert records[1]["memory"]["per_rank"][0]["estimate_bytes"] > 0
     report = (out / "report.md").read_text()
     assert "tiny/ws2" in report and "GEMM" in report and "plain-PyTorch" in report
@@ -177,6 +181,35 @@ def test_a_crashed_row_is_relaunched_once_and_recorded(monkeypatch: pytest.Monke
         ranks, seen = runner.run_row(row, repeat=1)
         assert seen == crashes and ranks[0]["rates"] == [1.0]
     assert len(launched) == calls
+
+
+def test_an_independent_rows_rate_is_its_ranks_summed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import runner
+    from benchmarks.rows import Row
+
+    def fake_launch(entrypoint, args, nproc):
+        return {r: {"rank": r, "rates": [100.0 * (r + 1), 110.0 * (r + 1)]} for r in range(nproc)}
+
+    monkeypatch.setattr(runner, "launch_local", fake_launch)
+    alone = Row(name="r", config=None, world_size=2, independent=True)
+    ranks, _ = runner.run_row(alone, repeat=1)
+    assert ranks[0]["rates"] == [300.0, 330.0] and ranks[1]["rates"] == [200.0, 220.0]
+    together, _ = runner.run_row(Row(name="r", config=None, world_size=2), repeat=1)
+    assert together[0]["rates"] == [100.0, 110.0]
+
+
+def test_an_independent_rank_is_a_world_of_one_until_the_block_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.worker import alone_in_world
+
+    launched = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for key, value in launched.items():
+        monkeypatch.setenv(key, value)
+    with alone_in_world():
+        assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_WORLD_SIZE"]) == ("0", "1", "1")
+        assert "MASTER_ADDR" not in os.environ and "MASTER_PORT" not in os.environ
+        assert os.environ["LOCAL_RANK"] == "1"  # its device stays its own
+    assert {k: os.environ.get(k) for k in launched} == launched
 
 
 def test_only_selects_rows_by_regular_expression() -> None:
