@@ -65,6 +65,10 @@ def _ab(argv: list[str]) -> int:
     if min(args.pairs, args.window) < 1 or args.warmup < 0:
         print("error: --pairs and --window must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
+    if rows[args.row].independent:
+        print(f"error: {args.row!r} trains its ranks apart; ab runs a row's ranks as one job "
+              "(compare it with `ratio`)", file=sys.stderr)
+        return 2
     try:
         record = run_ab(rows[args.row], args.b_overrides, Plan(args.pairs, args.window, args.warmup), args.out)
     except ConfigError as exc:

@@ -314,3 +314,10 @@ def test_ratio_rejects_an_unknown_row() -> None:
     from benchmarks.__main__ import main
 
     assert main(["ratio", "--a", "criteo/ws1/fp32", "--b", "no/such/row"]) == 2
+
+
+def test_ab_refuses_a_row_whose_ranks_train_apart(capsys) -> None:
+    from benchmarks.__main__ import main
+
+    assert main(["ab", "--row", "criteo/ws2/bf16/independent"]) == 2
+    assert "trains its ranks apart" in capsys.readouterr().err
