@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager, nullcontext
-from typing import Any, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 
@@ -14,6 +14,7 @@ from benchmarks.split import split_steps
 from torchrec_models import runinfo
 from torchrec_models.config import load_config
 from torchrec_models.kernels import cpu_gemm
+from torchrec_models.runtime.environment import added_to_environment
 from torchrec_models.runtime.quiet import quiet_library_noise
 
 
@@ -62,19 +63,8 @@ def bench_worker(row: Row) -> dict[str, Any]:
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE")
 
 
-@contextmanager
-def alone_in_world() -> Iterator[None]:
+def alone_in_world() -> AbstractContextManager[None]:
     """This rank as a world of one for the block (a private rendezvous, the device of its local
     rank); the launcher's environment after."""
-    saved = {k: os.environ.get(k) for k in (*RENDEZVOUS, "RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
-    for key in RENDEZVOUS:
-        os.environ.pop(key, None)
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    world_of_one = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    return added_to_environment({**dict.fromkeys(RENDEZVOUS), **world_of_one})

@@ -20,11 +20,15 @@ def rank_environment(nproc: int) -> dict[str, str]:
 
 
 @contextmanager
-def added_to_environment(added: dict[str, str]) -> Iterator[None]:
-    """``added`` in this process's environment (which child processes start with) for the block;
-    the previous values after."""
+def added_to_environment(added: dict[str, str | None]) -> Iterator[None]:
+    """``added`` in this process's environment (which child processes start with) for the block,
+    a None value removing its key; the previous values after."""
     saved = {k: os.environ.get(k) for k in added}
-    os.environ.update(added)
+    for key, value in added.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     try:
         yield
     finally:
