@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from torchrec_models.runtime.quiet import quiet_library_noise
 
@@ -58,9 +59,8 @@ def _ab(argv: list[str]) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps of each arm first")
     p.add_argument("--out", type=Path, help="appends the record to OUT/ab.jsonl")
     args = p.parse_args(argv)
-    rows = {r.name: r for r in SUITES[args.suite]()}
-    if args.row not in rows:
-        print(f"error: no row {args.row!r} in suite {args.suite!r}", file=sys.stderr)
+    rows = _named_rows(args.suite, [args.row])
+    if rows is None:
         return 2
     if min(args.pairs, args.window) < 1 or args.warmup < 0:
         print("error: --pairs and --window must be >= 1, --warmup >= 0", file=sys.stderr)
@@ -78,6 +78,18 @@ def _ab(argv: list[str]) -> int:
     return 0
 
 
+def _named_rows(suite: str, names: list[str]) -> dict[str, Any] | None:
+    """The suite's rows by name; None, after naming the first missing one, if any is not there."""
+    from benchmarks.suites import SUITES
+
+    rows = {r.name: r for r in SUITES[suite]()}
+    missing = [name for name in names if name not in rows]
+    if missing:
+        print(f"error: no row {missing[0]!r} in suite {suite!r}", file=sys.stderr)
+        return None
+    return rows
+
+
 def _ratio(argv: list[str]) -> int:
     import torch
 
@@ -93,10 +105,8 @@ def _ratio(argv: list[str]) -> int:
     p.add_argument("--pairs", type=int, default=6)
     p.add_argument("--out", type=Path, help="appends the record to OUT/ratio.jsonl")
     args = p.parse_args(argv)
-    rows = {r.name: r for r in SUITES[args.suite]()}
-    missing = [name for name in (args.a, args.b) if name not in rows]
-    if missing:
-        print(f"error: no row {missing[0]!r} in suite {args.suite!r}", file=sys.stderr)
+    rows = _named_rows(args.suite, [args.a, args.b])
+    if rows is None:
         return 2
     if args.pairs < 1:
         print("error: --pairs must be >= 1", file=sys.stderr)

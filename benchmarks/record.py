@@ -46,12 +46,11 @@ def device_kind(hardware: dict[str, Any], device: str) -> tuple[str, int]:
     return "vCPU", 0
 
 
-def memory(ranks: list[dict[str, Any]], estimate: list[dict[str, int]] | None, on_gpu: bool) -> dict[str, Any]:
+def memory(ranks: list[dict[str, Any]], on_gpu: bool) -> dict[str, Any]:
     out = []
     for r in ranks:
         # each rank's share of its own world's estimate (an independent rank is a world of one)
-        own = r.get("estimate") or estimate
-        share = own[r.get("world_rank", r["rank"])] if own else None
+        share = r["estimate"][r["world_rank"]] if r["estimate"] else None
         est_bytes = share["hbm_bytes" if on_gpu else "ddr_bytes"] if share else None
         measured = r["peak_device_bytes"] if on_gpu else r["peak_rss_bytes"] - r["baseline_rss_bytes"]
         out.append({
@@ -97,7 +96,7 @@ def build_record(suite: str, row: Row, cfg: Config, ranks: list[dict[str, Any]],
         "build_seconds": lead["build_seconds"],
         "throughput": tput,
         "split_ms": lead["split_ms"],
-        "memory": memory(ranks, lead["estimate"], lead["device"].startswith("cuda")),
+        "memory": memory(ranks, lead["device"].startswith("cuda")),
         "cost": {"device_kind": kind, "devices": devices, "usd_per_device_hour": prices[kind],
                  "usd_per_million_examples": usd_per_million_examples(prices[kind], devices, rate)},
         "roofline": {
