@@ -35,6 +35,7 @@ DENSE_OPTIMIZERS = ("adagrad", "sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 EMBEDDING_DTYPES = ("fp32", "fp16")
 QCOMMS = ("none", "fp16", "bf16")
+CPU_TRANSPORTS = ("auto", "shm", "gloo")
 
 
 class ConfigError(ValueError):
@@ -197,6 +198,7 @@ class ShardingConfig:
     ddr_gb: float = 0.0  # per-host memory cap; 0 = the planner's default
     cache_load_factor: float = 0.2  # fused_uvm_caching: fraction of each table's rows cached in HBM
     qcomm: str = "none"  # precision of the embedding all-to-all / reduce-scatter: none, fp16, bf16
+    cpu_transport: str = "auto"  # CPU ranks' all-to-all and all-reduce: auto (shm on one host), shm, gloo
 
     def __post_init__(self) -> None:
         if self.type:
@@ -212,6 +214,7 @@ class ShardingConfig:
         if not 0.0 < self.cache_load_factor <= 1.0:
             raise ConfigError("sharding.cache_load_factor", f"must be in (0, 1], got {self.cache_load_factor}")
         _check_choice("sharding.qcomm", self.qcomm, QCOMMS)
+        _check_choice("sharding.cpu_transport", self.cpu_transport, CPU_TRANSPORTS)
 
 
 @dataclass

@@ -4,14 +4,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
 from torchrec_models.kernels import cpu_gemm, dot_interaction, linear_relu, pooled_lookup, rowwise_adagrad
-from torchrec_models.runtime import host_memory
+from torchrec_models.runtime import host_memory, local_group
 from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
 from torchrec_models.sharding.planner import PlanResult, make_plan, make_sharders
@@ -46,7 +45,8 @@ def build_sharded_model(
         prepare(model)
     if cfg.train.compile:
         compile_dense_parts(model)
-    pg = dist.group.WORLD
+    pg = local_group.training_group(cfg.sharding.cpu_transport, env.device.type, env.world_size,
+                                    env.local_world_size)
     planned = make_plan(cfg, model, env.world_size, env.local_world_size, env.device.type, pg)
     dmp = DistributedModelParallel(
         module=model,
