@@ -93,6 +93,15 @@ def _fresh_pages(ceilings: dict[str, float]) -> str:
     return f" Newly mapped memory filled at {ceilings['fresh_page_fill_gbps']:.1f} GB/s."
 
 
+def _core_pace(ceilings: dict[str, float]) -> str:
+    """How evenly the cores kept pace (``benchmarks.core_pace``; older records and GPU runs lack it)."""
+    if "core_pace_mean" not in ceilings:
+        return ""
+    return (f" Cores kept pace with each other at {ceilings['core_pace_mean']:.2f} on average (slowest over "
+            f"fastest single-core GEMM rate per 0.25 s, p10 {ceilings['core_pace_p10']:.2f}): ranks in lockstep "
+            "move at the slowest core's pace, independent processes at each one's own.")
+
+
 def write_report(directory: Path) -> Path:
     latest: dict[str, dict[str, Any]] = {}  # a rerun row replaces its earlier record
     for line in (directory / "results.jsonl").read_text().splitlines():
@@ -117,7 +126,7 @@ def write_report(directory: Path) -> Path:
         f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s"
         + (f", embedding (TBE) forward {ceil['tbe_forward_gbps']:.1f} GB/s "
            f"({100 * ceil['tbe_forward_fraction_of_copy']:.0f}% of copy)." if "tbe_forward_gbps" in ceil else ".")
-        + _fresh_pages(ceil), "",
+        + _fresh_pages(ceil) + _core_pace(ceil), "",
         "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
         "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
         "(DDR on CPU, HBM on GPU). GEMM % step: training FLOPs x ex/s over the GEMM ceiling of the row's "

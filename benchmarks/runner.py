@@ -13,6 +13,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from benchmarks import roofline
+from benchmarks.core_pace import measure_core_pace
 from benchmarks.host_memory import fresh_page_fill_gbps
 from benchmarks.record import build_record
 from benchmarks.rows import Row
@@ -84,6 +85,8 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
     out_dir.mkdir(parents=True, exist_ok=True)
     ceilings = roofline.machine_ceilings(device)
     ceilings["fresh_page_fill_gbps"] = fresh_page_fill_gbps()
+    if device == "cpu":
+        ceilings.update(measure_core_pace() or {})
     machine = {"hardware": runinfo.hardware(), "versions": runinfo.versions(), "git_sha": runinfo.git_sha(),
                "ceilings": ceilings, "prices_usd_per_hour": prices}
     (out_dir / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")

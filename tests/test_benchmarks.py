@@ -129,6 +129,9 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
     assert machine["ceilings"]["gemm_fp32_gflops"] > 0
     assert f"Newly mapped memory filled at {machine['ceilings']['fresh_page_fill_gbps']:.1f} GB/s" in report
     assert machine["hardware"]["cpu_features"] in report
+    if len(os.sched_getaffinity(0)) >= 2:  # every core's pace, probed at once
+        assert 0 < machine["ceilings"]["core_pace_mean"] <= 1
+        assert f"Cores kept pace with each other at {machine['ceilings']['core_pace_mean']:.2f}" in report
 
 
 def test_record_schema_rejects_missing_fields() -> None:
@@ -300,14 +303,18 @@ def test_ratio_alternates_whole_runs_and_takes_the_median_pair_ratio(monkeypatch
         rate = speed[row.name][sum(name == row.name for name in runs) - 1]
         return [{"rates": [rate - 5, rate, rate + 50]}], []
 
+    paces = iter([0.8, 0.9])
     monkeypatch.setattr(ratio, "run_row", fake_run_row)
     monkeypatch.setattr(ratio, "rank_server_for", lambda device: nullcontext())
+    monkeypatch.setattr(ratio, "measure_core_pace", lambda: {"core_pace_mean": next(paces)})
     record = ratio.run_ratio(row_a, row_b, 3, "cpu", None)
     assert runs == ["one", "two", "two", "one", "one", "two"]
     assert record["a"] == [100.0, 110.0, 90.0] and record["b"] == [90.0, 99.0, 90.0]
     assert record["ratios"] == pytest.approx([0.9, 0.9, 1.0])
     assert record["ratio_median"] == pytest.approx(0.9) and record["verdict"] == "within noise"
     assert "B = two over A = one" in ratio.format_record(record)
+    assert record["core_pace_mean"] == [0.8, 0.9]
+    assert "cores kept pace 0.80 before, 0.90 after" in ratio.format_record(record)
 
 
 def test_ratio_rejects_an_unknown_row() -> None:

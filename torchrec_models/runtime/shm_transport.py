@@ -56,14 +56,31 @@ def remove_shared_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-class _PeerSlot:
-    """A read-only mapping of one peer's slot file, remapped when the peer has grown it."""
+class _SlotMapping:
+    """An open slot file and its current mapping as a byte tensor."""
 
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY)
+    def __init__(self, path: str, flags: int) -> None:
+        self.fd = os.open(path, flags, 0o600)
         self.size = 0
         self.map: mmap.mmap | None = None
         self.bytes: torch.Tensor | None = None
+
+    def _unmap(self) -> None:
+        self.bytes = None
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+
+    def close(self) -> None:
+        self._unmap()
+        os.close(self.fd)
+
+
+class _PeerSlot(_SlotMapping):
+    """A read-only mapping of one peer's slot file, remapped when the peer has grown it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, os.O_RDONLY)
 
     def view(self, end: int) -> torch.Tensor:
         if end == 0:
@@ -80,32 +97,17 @@ class _PeerSlot:
         assert self.bytes is not None
         return self.bytes
 
-    def _unmap(self) -> None:
-        self.bytes = None
-        if self.map is not None:
-            self.map.close()
-            self.map = None
 
-    def close(self) -> None:
-        self._unmap()
-        os.close(self.fd)
-
-
-class _OwnSlot:
+class _OwnSlot(_SlotMapping):
     """One of this rank's slot files, mapped read-write and grown (never shrunk) on demand."""
 
     def __init__(self, path: str) -> None:
+        super().__init__(path, os.O_RDWR | os.O_CREAT)
         self.path = os.path.dirname(os.path.dirname(path))  # the file system (/dev/shm)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        self.size = 0
-        self.map: mmap.mmap | None = None
-        self.bytes: torch.Tensor | None = None
 
     def view(self, nbytes: int) -> torch.Tensor:
         if nbytes > self.size or self.bytes is None:
-            self.bytes = None
-            if self.map is not None:
-                self.map.close()
+            self._unmap()
             size = -(-max(nbytes, 1) // _GROWTH) * _GROWTH
             try:  # reserve the pages now: a full tmpfs fails here, not with SIGBUS mid-copy
                 os.posix_fallocate(self.fd, 0, size)
@@ -117,13 +119,6 @@ class _OwnSlot:
             self.bytes = torch.frombuffer(memoryview(self.map), dtype=torch.uint8)
         assert self.bytes is not None
         return self.bytes
-
-    def close(self) -> None:
-        self.bytes = None
-        if self.map is not None:
-            self.map.close()
-            self.map = None
-        os.close(self.fd)
 
 
 @dataclass
