@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import statistics
 import time
 from typing import Any
@@ -40,7 +41,8 @@ def _gemm_loop(core: int, seconds: float, barrier: Any, out: Any) -> None:
 def measure_core_pace(seconds: float = 6.0, interval: float = 0.25,
                       cores: list[int] | None = None) -> dict[str, float] | None:
     """Per ``interval``, the slowest core's GEMM rate over the fastest's, all cores running at
-    once: mean, p10 and the number of intervals. None with fewer than two cores to pin to."""
+    once: mean, p10 and the number of intervals. None with fewer than two cores to pin to, or when
+    a loop could not run on its core."""
     if cores is None:
         if not hasattr(os, "sched_getaffinity"):
             return None
@@ -52,15 +54,34 @@ def measure_core_pace(seconds: float = 6.0, interval: float = 0.25,
     workers = [ctx.Process(target=_gemm_loop, args=(c, seconds, barrier, out)) for c in cores]
     for w in workers:
         w.start()
-    by_core = dict(out.get(timeout=seconds + 120) for _ in workers)
+    by_core = _collect(out, workers, deadline=time.monotonic() + seconds + 120)
+    if len(by_core) < len(cores):  # the loops still waiting for the failed one's start
+        for w in workers:
+            w.terminate()
     for w in workers:
         w.join()
+    if len(by_core) < len(cores):
+        return None
     ratios = _interval_ratios(by_core, interval)
     if not ratios:
         return None
     ratios.sort()
     return {"core_pace_mean": statistics.fmean(ratios), "core_pace_p10": ratios[len(ratios) // 10],
             "core_pace_intervals": float(len(ratios))}
+
+
+def _collect(out: Any, workers: list[Any], deadline: float) -> dict[int, list[tuple[float, float]]]:
+    """Each loop's samples by core; stops early once a loop has failed (a core this process may
+    not use, say), leaving that core out."""
+    by_core: dict[int, list[tuple[float, float]]] = {}
+    while len(by_core) < len(workers) and time.monotonic() < deadline:
+        try:
+            core, samples = out.get(timeout=0.5)
+            by_core[core] = samples
+        except queue.Empty:
+            if any(w.exitcode not in (None, 0) for w in workers):
+                break
+    return by_core
 
 
 def _interval_ratios(by_core: dict[int, list[tuple[float, float]]], interval: float) -> list[float]:

@@ -26,3 +26,8 @@ def test_the_probe_runs_a_loop_on_every_core_at_once() -> None:
 
 def test_one_core_has_nothing_to_keep_pace_with() -> None:
     assert measure_core_pace(seconds=0.5, cores=[0]) is None
+
+
+def test_a_core_that_cannot_be_used_gives_no_figure() -> None:
+    unusable = max(os.sched_getaffinity(0)) + 4096
+    assert measure_core_pace(seconds=0.5, cores=[0, unusable]) is None
