@@ -65,8 +65,7 @@ class Arm:
 
         self.cfg, self.env = cfg, env
         self.trainer = Trainer(cfg, env, run_dir=None)
-        self.batches: Iterator = self.trainer.source.train_batches(
-            env.rank, env.world_size, cfg.train.batch_size, range(cfg.train.steps))
+        self.batches: Iterator = self.trainer.train_batches(range(cfg.train.steps))
         self.step = 0
 
     def run(self, steps: int) -> float:
@@ -75,10 +74,11 @@ class Arm:
 
         sharded_model.apply_process_settings(self.cfg, self.env)
         _sync(self.env.device)
+        if self.trainer.balancer is not None:
+            self.trainer.balancer.restart()  # the other arm's window is not this arm's pace
         start = time.perf_counter()
         for _ in range(steps):
-            self.trainer.schedule.apply(self.step)
-            self.trainer.pipeline.progress(self.batches)
+            self.trainer.run_step(self.step, self.batches)
             self.step += 1
         _sync(self.env.device)
         return self.trainer.global_batch * steps / (time.perf_counter() - start)

@@ -51,6 +51,8 @@ def cpu() -> list[Row]:
                  tags={"sharding": "planner", "sweep": "no_comm_ceiling"}) for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/{p}/qcomm_fp16", CRITEO, f"train.precision={p}", "sharding.qcomm=fp16",
                   world_size=2, sharding="planner", lever="qcomm") for p in ("fp32", "bf16")]
+    rows += [_row(f"criteo/ws2/{p}/balanced", CRITEO, f"train.precision={p}", "sharding.cpu_balance=true",
+                  world_size=2, sharding="planner", lever="cpu_balance") for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/{p}/gloo_transport", CRITEO, f"train.precision={p}", "sharding.cpu_transport=gloo",
                   world_size=2, sharding="planner", lever="cpu_transport") for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]

@@ -199,6 +199,8 @@ class ShardingConfig:
     cache_load_factor: float = 0.2  # fused_uvm_caching: fraction of each table's rows cached in HBM
     qcomm: str = "none"  # precision of the embedding all-to-all / reduce-scatter: none, fp16, bf16
     cpu_transport: str = "auto"  # CPU ranks' all-to-all and all-reduce: auto (shm on one host), shm, gloo
+    cpu_balance: bool = False  # CPU ranks take shares of each global batch in proportion to their pace
+    cpu_balance_every: int = 4  # steps between share updates
 
     def __post_init__(self) -> None:
         if self.type:
@@ -215,6 +217,11 @@ class ShardingConfig:
             raise ConfigError("sharding.cache_load_factor", f"must be in (0, 1], got {self.cache_load_factor}")
         _check_choice("sharding.qcomm", self.qcomm, QCOMMS)
         _check_choice("sharding.cpu_transport", self.cpu_transport, CPU_TRANSPORTS)
+        if self.cpu_balance_every < 1:
+            raise ConfigError("sharding.cpu_balance_every", f"must be >= 1, got {self.cpu_balance_every}")
+        if self.cpu_balance and self.cpu_transport == "gloo":
+            raise ConfigError("sharding.cpu_balance", "times the ranks' waits in the shared-memory transport: "
+                              "set sharding.cpu_transport to auto or shm")
 
 
 @dataclass
@@ -323,6 +330,9 @@ class Config:
         if self.train.best_metric and self.train.best_metric not in metrics:
             raise ConfigError("train.best_metric", f"{self.train.best_metric!r} is not a metric of "
                               f"{self.model.arch} (one of {', '.join(metrics)})")
+        if retrieval and self.sharding.cpu_balance:
+            raise ConfigError("sharding.cpu_balance", "splits a ranker's batches unevenly; two_tower's in-batch "
+                              "negatives need equal shares (set false)")
         if retrieval and self.train.precision != "fp32":
             raise ConfigError("train.precision", f"{self.train.precision!r} is for the rankers; two_tower "
                               "trains its towers and in-batch softmax in fp32 (set 'fp32')")

@@ -206,8 +206,12 @@ class RowOrder:
     shuffle_seed: int | None = None
 
     def rows(self, step: int, rank: int, world_size: int, batch_size: int) -> np.ndarray:
-        start = step * world_size * batch_size + rank * batch_size
-        epoch, pos = np.divmod(np.arange(start, start + batch_size, dtype=np.int64), self.count)
+        return self.span(step, world_size * batch_size, rank * batch_size, (rank + 1) * batch_size)
+
+    def span(self, step: int, global_batch: int, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of the global batch of ``step``."""
+        first = step * global_batch + start
+        epoch, pos = np.divmod(np.arange(first, first + stop - start, dtype=np.int64), self.count)
         if self.shuffle_seed is not None:
             for e in np.unique(epoch):
                 sel = epoch == e
@@ -274,6 +278,9 @@ class CriteoSource:
     def train_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         for step in steps:
             yield self.batch(self.train_files, self.train_order.rows(step, rank, world_size, batch_size))
+
+    def train_span(self, step: int, global_batch: int, start: int, stop: int) -> Batch:
+        return self.batch(self.train_files, self.train_order.span(step, global_batch, start, stop))
 
     def train_examples(self) -> int | None:
         return self.train_order.count

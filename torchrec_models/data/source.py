@@ -21,6 +21,10 @@ class BatchSource(Protocol):
 
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]: ...
 
+    def train_span(self, step: int, global_batch: int, start: int, stop: int) -> Batch:
+        """Rows [start, stop) of the training batch of ``step`` (``global_batch`` examples in all):
+        a rank's share when ranks take uneven shares (``sharding.cpu_balance``)."""
+
     def train_examples(self) -> int | None:
         """Examples in one pass over the training data (None: an endless stream)."""
 
@@ -44,6 +48,9 @@ class SyntheticSource:
 
     def eval_batches(self, rank: int, world_size: int, batch_size: int, steps: range) -> Iterator[Batch]:
         return rank_batches(self.data, rank, batch_size, steps, EVAL_STREAM)
+
+    def train_span(self, step: int, global_batch: int, start: int, stop: int) -> Batch:
+        return self.data.batch(step, start, stop, TRAIN_STREAM)
 
     def train_examples(self) -> int | None:
         return None

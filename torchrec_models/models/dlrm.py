@@ -37,10 +37,15 @@ class RankingModel(nn.Module):
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.device_type = device_type  # fixed here: the pipeline traces forward symbolically
         self.autocast_dtype = autocast_dtype
+        self.nominal_rows: int | None = None  # set when ranks take uneven shares of each global batch
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         logits = self.logits(batch)
         loss = self.loss_fn(logits, batch.labels.float())
+        if self.nominal_rows is not None:
+            # the sum over this rank's rows over the equal share: the ranks' average (DDP's) stays
+            # the mean over the global batch, whatever each rank's share
+            loss = loss * (logits.size(0) / self.nominal_rows)
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())
 
     def dense_parts(self) -> list[nn.Module]:

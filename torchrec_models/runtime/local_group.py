@@ -9,6 +9,7 @@ the bits gloo produces).
 """
 from __future__ import annotations
 
+import weakref
 from datetime import timedelta
 
 import torch
@@ -20,6 +21,7 @@ from torchrec_models.runtime import shm_transport
 
 BACKEND = "torchrec_models_shm"
 _DIR_KEY = "shm_dir"
+_LIVE: "weakref.WeakSet[LocalShmGroup]" = weakref.WeakSet()
 
 
 class _PostedWork(dist.Work):
@@ -73,6 +75,7 @@ class LocalShmGroup(dist.ProcessGroup):
         finally:  # the names can go, also when setting up failed
             if rank == 0:
                 shm_transport.remove_shared_dir(path)
+        _LIVE.add(self)
 
     def getBackendName(self) -> str:
         return BACKEND
@@ -153,7 +156,12 @@ class LocalShmGroup(dist.ProcessGroup):
             self._sum_buffer = torch.empty(nbytes, dtype=torch.uint8)
         return self._sum_buffer[:nbytes].view(like.dtype).view(like.shape)
 
+    def blocked_seconds(self) -> float:
+        """Time this rank has waited for peers' parts in this group's collectives."""
+        return self._transport.blocked_s
+
     def shutdown(self) -> None:
+        _LIVE.discard(self)
         self._transport.close()
 
     # everything else: gloo (the single-tensor gathers under the names the Python API calls)
@@ -218,6 +226,12 @@ def register() -> None:
     """Makes ``dist.new_group(backend=BACKEND)`` available (idempotent)."""
     if BACKEND.upper() not in dist.Backend._plugins:
         dist.Backend.register_backend(BACKEND, _create, devices=["cpu"])
+
+
+def blocked_seconds() -> float | None:
+    """Time this process has waited on peers in its shared-memory groups (None: it has none)."""
+    groups = list(_LIVE)
+    return sum(g.blocked_seconds() for g in groups) if groups else None
 
 
 def new_local_group() -> dist.ProcessGroup:

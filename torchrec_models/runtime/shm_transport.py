@@ -16,6 +16,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -121,6 +122,10 @@ class _OwnSlot(_SlotMapping):
         return self.bytes
 
 
+def _finished(parts: dict[int, tuple[int, int]]) -> None:
+    raise RuntimeError("collective already finished")
+
+
 @dataclass
 class Pending:
     """A posted collective; ``finish`` copies the peers' parts out once their messages arrived."""
@@ -146,6 +151,7 @@ class ShmTransport:
         self._pending: list[Pending] = []
         self._seq = 0
         self._lock = threading.RLock()
+        self.blocked_s = 0.0  # time spent waiting for peers' messages, for pace balancing
 
     def open_peers(self) -> None:
         """Opens the peers' slot files; call once every rank has created its own."""
@@ -197,17 +203,22 @@ class ShmTransport:
                 pending.finish({p: self._receive(p, pending.seq) for p in self.peers})
             except BaseException as exc:  # surfaced by complete() of this collective
                 pending.error = exc
+            # the callback holds the collective's tensors and, through its closure, often this
+            # Pending: dropping it frees them now rather than at the next cyclic collection
+            pending.finish = _finished
             pending.done = True
 
     def _receive(self, peer: int, seq: int) -> tuple[int, int]:
         fd = self._incoming[peer]
         message = b""
+        began = time.perf_counter()
         while len(message) < _MESSAGE.size:
             ready, _, _ = select.select([fd], [], [], self.timeout_s)
             if not ready:
                 raise TimeoutError(f"rank {self.rank}: no word from rank {peer} on collective {seq} "
                                    f"within {self.timeout_s:.0f} s")
             message += os.read(fd, _MESSAGE.size - len(message))
+        self.blocked_s += time.perf_counter() - began
         got_seq, offset, length = _MESSAGE.unpack(message)
         if got_seq != seq:
             raise RuntimeError(f"rank {self.rank}: rank {peer} sent collective {got_seq}, expected {seq}: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingEnv
@@ -57,3 +58,8 @@ def build_sharded_model(
     )
     init_tables(dmp, table_names(cfg.model.num_sparse_features), cfg.train.seed)
     return dmp, planned
+
+
+def training_process_group(dmp: DistributedModelParallel) -> dist.ProcessGroup | None:
+    """The group the sharded model's collectives run in (the one ``build_sharded_model`` chose)."""
+    return dmp._env.process_group

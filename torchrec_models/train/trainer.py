@@ -5,7 +5,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -17,9 +17,10 @@ from torchrec_models.config import Config
 from torchrec_models.data.source import make_source
 from torchrec_models.runtime.distributed import DistEnv
 from torchrec_models.runtime.precision_support import precision_warning
-from torchrec_models.sharding.sharded_model import build_sharded_model
+from torchrec_models.sharding.sharded_model import build_sharded_model, training_process_group
 from torchrec_models.sharding.planner import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from torchrec_models.train.balance import balanced_batches, make_balancer
 from torchrec_models.train.best import BestTracker
 from torchrec_models.train.evaluation import plan_eval, with_epochs
 from torchrec_models.tasks import task_for
@@ -41,6 +42,8 @@ def boundaries(start: int, steps: int, *periods: int) -> list[int]:
 def _setup_warnings(cfg: Config, env: DistEnv) -> list[str]:
     """What the run should know before it starts (printed now by the main rank, and in the summary)."""
     warnings = [w for w in (precision_warning(cfg.train.precision, env.device),) if w]
+    if cfg.sharding.cpu_balance and env.device.type != "cpu":
+        warnings.append(f"sharding.cpu_balance applies to CPU ranks; ranks on {env.device.type} take equal shares")
     if env.is_main:
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
@@ -60,6 +63,7 @@ class Trainer:
         self.setup_warnings = _setup_warnings(cfg, env)
         self.model, self.planned = build_sharded_model(cfg, env, lambda m: self.task.prepare(m, self.source, cfg))
         self.plan = describe_plan(self.planned.plan)
+        self.balancer = make_balancer(cfg, env, self.source, self.model, training_process_group(self.model))
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.schedule = LRSchedule(self.optimizer, cfg.train)
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, env.device, execute_all_batches=True)
@@ -152,13 +156,14 @@ class Trainer:
     ) -> None:
         """Runs steps [start, stop); the pipeline is drained when this returns."""
         t = self.cfg.train
+        if self.balancer is not None:
+            self.balancer.restart()  # time outside these steps (evaluation, checkpoints) is not pace
         meter = meter or self.make_meter()
         bar = bar or tqdm(disable=True)
-        batches = self.source.train_batches(self.env.rank, self.env.world_size, t.batch_size, range(start, stop))
+        batches = self.train_batches(range(start, stop))
         window_loss, window_steps = torch.zeros((), device=self.env.device), 0
         for step in range(start, stop):
-            factor = self.schedule.apply(step)
-            loss, _, _ = self.pipeline.progress(batches)
+            loss, factor = self.run_step(step, batches)
             window_loss += loss
             window_steps += 1
             meter.step_done(step)
@@ -173,6 +178,20 @@ class Trainer:
                 self._log_train(step + 1, mean_loss, factor, meter, bar)
                 window_loss.zero_()
                 window_steps = 0
+
+    def train_batches(self, steps: range) -> Iterator[Any]:
+        """This rank's part of each step's training batch: its equal slice, or its balanced share."""
+        if self.balancer is None:
+            return self.source.train_batches(self.env.rank, self.env.world_size, self.cfg.train.batch_size, steps)
+        return balanced_batches(self.source, self.balancer.schedule, self.env.rank, steps)
+
+    def run_step(self, step: int, batches: Iterator[Any]) -> tuple[torch.Tensor, float]:
+        """One pipelined step at ``step``'s learning rate: (this rank's loss, the LR factor)."""
+        factor = self.schedule.apply(step)
+        if self.balancer is not None:
+            self.balancer.before_step(step)
+        loss, _, _ = self.pipeline.progress(batches)
+        return loss, factor
 
     def _log_train(self, step: int, loss: float, factor: float, meter: ThroughputMeter, bar: tqdm) -> None:
         rate = meter.rates[-1] if meter.rates else None
@@ -223,6 +242,7 @@ class Trainer:
             "peak_rss_bytes": rss,
             "peak_device_bytes": device_peak,
             "hashed_out_of_range_ids": self._hashed_ids(),
+            "cpu_balance": self.balancer.summary() if self.balancer is not None else None,
             "plan": {t: {k: v for k, v in d.items() if k != "shards"} for t, d in self.plan.items()},
             "plan_source": self.planned.source,
             "memory_estimate_per_rank": self.planned.estimate,
