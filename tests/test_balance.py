@@ -113,8 +113,16 @@ def test_balancer_moves_rows_to_the_faster_rank_from_the_next_unmade_step() -> N
     assert schedule.made_through == 5 and schedule.shares(5) == (2048, 2048)  # made already: unchanged
     shares = schedule.shares(6)
     assert sum(shares) == 4096 and abs(shares[0] - 4096 * 2 / 3) <= 32
+    for step in range(4, 8):  # the same paces again: the split is where they want it
+        balancer.before_step(step)
+        schedule.made_through = step + 2
+        clock.now += 0.15
+        blocked[0] += 0.05
+    balancer.before_step(8)
+    assert balancer.updates == 1 and schedule.shares(10) == shares
     balancer.restart()
-    balancer.before_step(8)  # a fresh window begins: nothing to measure yet
+    clock.now += 100.0  # time outside training: not counted once the window restarts
+    balancer.before_step(12)
     assert balancer.updates == 1
 
 
@@ -136,7 +144,7 @@ def test_two_balanced_ranks_train_like_equal_shares(tmp_path) -> None:
         runs[balance] = (read_jsonl(run_dir / "metrics.jsonl"), json.loads((run_dir / "summary.json").read_text()))
     summary = runs["true"][1]
     assert runs["false"][1]["cpu_balance"] is None
-    assert summary["cpu_balance"]["updates"] == 2 * 19  # every other step of [0, 40) and [40, 80) but the first
+    assert summary["cpu_balance"]["updates"] <= 2 * 19  # at most every other step of [0, 40) and [40, 80)
     assert sum(summary["cpu_balance"]["last_shares"]) == 512
     cpus = summary["cpu_balance"]["cpus"]
     if len(os.sched_getaffinity(0)) >= 2:

@@ -6,7 +6,7 @@ work (wall time less the time it waited for peers in the shared-memory transport
 yet made are then split in proportion, in whole granules, so the ranks finish their shares
 together. A step's global batch is the same rows whatever the split, and each rank's loss is
 scaled (``RankingModel.nominal_rows``) so the gradient stays the global batch's mean. Each local
-rank is pinned to its own cores, so a rank's pace is that of its cores and stays to be measured.
+rank is pinned to its own cores, so its pace is theirs from one window to the next.
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 GRANULE = 32  # shares move in whole multiples of this many rows
 BOUNDS = (0.5, 1.5)  # a share stays within these fractions of the equal share
+KEPT_CHANGES = 64  # past splits remembered: more than any open window spans
+SMOOTHING = 0.5  # weight of the newest window in each rank's pace
 
 
 def split_rows(total: int, weights: list[float], granule: int, low: int, high: int) -> tuple[int, ...]:
@@ -66,7 +68,7 @@ class ShareSchedule:
             raise RuntimeError(f"shares for step {first} changed after its batch was made")
         if sum(shares) != self.global_batch:
             raise ValueError(f"shares {shares} do not add up to the global batch {self.global_batch}")
-        self._changes = [c for c in self._changes if c[0] < first] + [(first, tuple(shares))]
+        self._changes = [c for c in self._changes if c[0] < first][-KEPT_CHANGES:] + [(first, tuple(shares))]
 
     def rows_trained(self, rank: int, steps: range) -> int:
         return sum(self.shares(s)[rank] for s in steps)
@@ -91,6 +93,7 @@ class PaceBalancer:
         self.schedule, self.rank, self.every = schedule, rank, every
         self._exchange, self._blocked, self._clock = exchange, blocked_seconds, clock
         self._since: tuple[int, float, float] | None = None  # (step, wall, blocked) at the window's start
+        self._pace: list[float] | None = None  # each rank's rows per second of work, smoothed
         self.updates = 0
         self.cpus: list[int] | None = None  # the cores this rank is pinned to
 
@@ -102,7 +105,7 @@ class PaceBalancer:
             self._since = (step, self._clock(), self._blocked())
 
     def summary(self) -> dict[str, Any]:
-        """How often shares moved and where they ended."""
+        """How often the split moved and where it ended."""
         return {"updates": self.updates, "last_shares": list(self.schedule.shares(self.schedule.made_through)),
                 "cpus": self.cpus}
 
@@ -120,11 +123,16 @@ class PaceBalancer:
         report[world + self.rank] = self.schedule.made_through
         self._exchange(report)
         rates = report[:world].tolist()
+        if self._pace is not None:  # one window's pace is noisy: follow the trend, not each reading
+            rates = [SMOOTHING * new + (1 - SMOOTHING) * old for new, old in zip(rates, self._pace)]
+        self._pace = rates
         equal = self.schedule.equal[0]
         shares = split_rows(self.schedule.global_batch, rates, GRANULE,
                             int(equal * BOUNDS[0]), int(equal * BOUNDS[1]))
-        self.schedule.change(int(report[world:].max()) + 1, shares)
-        self.updates += 1
+        current = self.schedule.shares(self.schedule.made_through)
+        if max(abs(a - b) for a, b in zip(shares, current)) > GRANULE:  # within a granule: stay
+            self.schedule.change(int(report[world:].max()) + 1, shares)
+            self.updates += 1
 
 
 def pin_local_rank(local_rank: int, local_world: int) -> list[int] | None:
