@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,6 +61,17 @@ def test_uneven_shares_are_the_rows_of_the_one_process_batch() -> None:
         for key in whole.sparse_features.keys():
             joined = torch.cat([parts[r][step].sparse_features[key].values() for r in range(2)])
             assert torch.equal(joined, whole.sparse_features[key].values())
+
+
+def test_criteo_spans_are_the_rows_of_the_equal_slices() -> None:
+    """Criteo's row order (shuffled, wrapping past the end of the data) split at any row."""
+    from torchrec_models.data.criteo_reader import RowOrder
+
+    order = RowOrder(first=10, count=1000, shuffle_seed=3)
+    for step in (0, 3, 7):  # step 3 wraps into a second pass
+        equal = np.concatenate([order.rows(step, r, 2, 128) for r in range(2)])
+        uneven = np.concatenate([order.span(step, 256, 0, 100), order.span(step, 256, 100, 256)])
+        assert np.array_equal(uneven, equal)
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
