@@ -114,6 +114,21 @@ class PaceBalancer:
         self._since = None
 
     def _rebalance(self, step: int) -> None:
+        rates, first_unmade = self._exchange_paces(step)
+        if self._pace is not None:  # one window's pace is noisy: follow the trend, not each reading
+            rates = [SMOOTHING * new + (1 - SMOOTHING) * old for new, old in zip(rates, self._pace)]
+        self._pace = rates
+        equal = self.schedule.equal[0]
+        shares = split_rows(self.schedule.global_batch, rates, GRANULE,
+                            int(equal * BOUNDS[0]), int(equal * BOUNDS[1]))
+        current = self.schedule.shares(first_unmade)
+        if max(abs(a - b) for a, b in zip(shares, current)) > GRANULE:  # within a granule: stay
+            self.schedule.change(first_unmade, shares)
+            self.updates += 1
+
+    def _exchange_paces(self, step: int) -> tuple[list[float], int]:
+        """Every rank's rows per second of work over the window ending at ``step``, and the first
+        step no rank has made a batch for: the same on every rank."""
         first, wall, blocked = self._since
         busy = (self._clock() - wall) - (self._blocked() - blocked)
         rows = self.schedule.rows_trained(self.rank, range(first, step))
@@ -122,17 +137,7 @@ class PaceBalancer:
         report[self.rank] = rows / max(busy, 1e-6)
         report[world + self.rank] = self.schedule.made_through
         self._exchange(report)
-        rates = report[:world].tolist()
-        if self._pace is not None:  # one window's pace is noisy: follow the trend, not each reading
-            rates = [SMOOTHING * new + (1 - SMOOTHING) * old for new, old in zip(rates, self._pace)]
-        self._pace = rates
-        equal = self.schedule.equal[0]
-        shares = split_rows(self.schedule.global_batch, rates, GRANULE,
-                            int(equal * BOUNDS[0]), int(equal * BOUNDS[1]))
-        current = self.schedule.shares(self.schedule.made_through)
-        if max(abs(a - b) for a, b in zip(shares, current)) > GRANULE:  # within a granule: stay
-            self.schedule.change(int(report[world:].max()) + 1, shares)
-            self.updates += 1
+        return report[:world].tolist(), int(report[world:].max()) + 1
 
 
 def pin_local_rank(local_rank: int, local_world: int) -> list[int] | None:
