@@ -37,3 +37,21 @@ def added_to_environment(added: dict[str, str | None]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def pin_local_rank(local_rank: int, local_world: int) -> list[int] | None:
+    """Pins every thread of this process to the local rank's even share of the allowed cores;
+    None (nothing pinned) when there are fewer cores than local ranks."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    share = len(cpus) // local_world
+    if share == 0:
+        return None
+    mine = cpus[local_rank * share:(local_rank + 1) * share]
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread), mine)
+        except OSError:  # a thread that ended in between
+            pass
+    return mine

@@ -10,12 +10,15 @@ rank is pinned to its own cores, so its pace is theirs from one window to the ne
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
+
+from torchrec_models.config import ConfigError
+from torchrec_models.runtime import local_group
+from torchrec_models.runtime.environment import pin_local_rank
 
 GRANULE = 32  # shares move in whole multiples of this many rows
 BOUNDS = (0.5, 1.5)  # a share stays within these fractions of the equal share
@@ -140,31 +143,10 @@ class PaceBalancer:
         return report[:world].tolist(), int(report[world:].max()) + 1
 
 
-def pin_local_rank(local_rank: int, local_world: int) -> list[int] | None:
-    """Pins every thread of this process to the local rank's even share of the allowed cores;
-    None (nothing pinned) when there are fewer cores than local ranks."""
-    if not hasattr(os, "sched_getaffinity"):
-        return None
-    cpus = sorted(os.sched_getaffinity(0))
-    share = len(cpus) // local_world
-    if share == 0:
-        return None
-    mine = cpus[local_rank * share:(local_rank + 1) * share]
-    for thread in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(thread), mine)
-        except OSError:  # a thread that ended in between
-            pass
-    return mine
-
-
 def make_balancer(cfg: Any, env: Any, source: Any, model: torch.nn.Module,
                   group: dist.ProcessGroup | None) -> PaceBalancer | None:
     """The run's balancer when ``sharding.cpu_balance`` asks for one and it applies (CPU ranks,
     more than one); its loss scaling set on the model."""
-    from torchrec_models.config import ConfigError
-    from torchrec_models.runtime import local_group
-
     if not cfg.sharding.cpu_balance or env.world_size == 1 or env.device.type != "cpu":
         return None
     if local_group.blocked_seconds() is None:  # auto chose gloo: the ranks span hosts
