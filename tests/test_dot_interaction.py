@@ -29,46 +29,80 @@ def native_on():
         yield
 
 
-def _inputs(dtype, seed=0):
+def _inputs(dtype, seed=0, dim=D):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, D, generator=g).to(dtype), torch.randn(B, F, D, generator=g).to(dtype)
+    return torch.randn(B, dim, generator=g).to(dtype), torch.randn(B, F, dim, generator=g).to(dtype)
+
+
+def _fused(acc, a, b):
+    """acc + a * b rounded once to fp32, as a fused multiply-add: the fp32 product is exact in fp64."""
+    return (acc.double() + a.double() * b.double()).float()
 
 
 def _sequential_forward(dense, sparse):
-    """fp32 sums over d ascending, each product and sum rounded (the kernel's order), rounded once at the end."""
+    """fp32 sums over d ascending, each product and sum rounded (the portable kernel's order), rounded once at the end."""
     x = torch.cat([dense.unsqueeze(1), sparse], 1).float()
     left, right = x[:, PAIRS[0]], x[:, PAIRS[1]]
     acc = torch.zeros(B, PAIRS.size(1))
-    for d in range(D):
+    for d in range(x.size(-1)):
         acc = acc + left[:, :, d] * right[:, :, d]
     return torch.cat([dense, acc.to(dense.dtype)], 1)
 
 
-def _sequential_backward(grad, dense, sparse):
-    """Each vector's gradient summed over j ascending in fp32; the dense one starts from its pass-through."""
+def _lanes16_forward(dense, sparse):
+    """The AVX-512 kernel's order: lane l fuses x_i[d] x_j[d] for d = l, l + 16, ... (zero-padded to a
+    multiple of 16), then the 16 lanes are added in halves (8, 4, 2, 1 apart)."""
     x = torch.cat([dense.unsqueeze(1), sparse], 1).float()
-    g = grad.float()
+    x = torch.nn.functional.pad(x, (0, -x.size(-1) % 16))
+    left, right = x[:, PAIRS[0]], x[:, PAIRS[1]]
+    lanes = torch.zeros(B, PAIRS.size(1), 16)
+    for d in range(0, x.size(-1), 16):
+        lanes = _fused(lanes, left[..., d:d + 16], right[..., d:d + 16])
+    for half in (8, 4, 2, 1):
+        lanes = lanes[..., :half] + lanes[..., half:2 * half]
+    return torch.cat([dense, lanes[..., 0].to(dense.dtype)], 1)
+
+
+def _sequential_backward(grad, dense, sparse, fused=False):
+    """Each vector's gradient summed over j ascending in fp32, each product and sum rounded (or fused,
+    as the AVX-512 kernel does); the dense one starts from its pass-through."""
+    x = torch.cat([dense.unsqueeze(1), sparse], 1).float()
+    g, dim = grad.float(), x.size(-1)
     pair = torch.zeros(B, N, N)
-    pair[:, PAIRS[0], PAIRS[1]] = g[:, D:]
-    pair[:, PAIRS[1], PAIRS[0]] = g[:, D:]
-    acc = torch.zeros(B, N, D)
-    acc[:, 0] = g[:, :D]
+    pair[:, PAIRS[0], PAIRS[1]] = g[:, dim:]
+    pair[:, PAIRS[1], PAIRS[0]] = g[:, dim:]
+    acc = torch.zeros(B, N, dim)
+    acc[:, 0] = g[:, :dim]
     for j in range(N):
-        acc = acc + pair[:, :, j, None] * x[:, j, None, :]
+        if fused:
+            acc = _fused(acc, pair[:, :, j, None], x[:, j, None, :])
+        else:
+            acc = acc + pair[:, :, j, None] * x[:, j, None, :]
     acc = acc.to(dense.dtype)
     return acc[:, 0], acc[:, 1:]
 
 
+def _stated_order():
+    """The build's summation order: references for it."""
+    order = torch.ops.torchrec_models_interaction.dot_order()
+    assert order in ("lanes16", "sequential")
+    if order == "lanes16":
+        return _lanes16_forward, lambda *args: _sequential_backward(*args, fused=True)
+    return _sequential_forward, _sequential_backward
+
+
+@pytest.mark.parametrize("dim", [D, 16, 64, 72, 136], ids=lambda d: f"d{d}")  # widths the kernel specializes and others
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_kernel_sums_in_its_stated_order_and_rounds_once(dtype, native_on):
-    dense, sparse = _inputs(dtype)
+def test_kernel_sums_in_its_stated_order_and_rounds_once(dtype, dim, native_on):
+    dense, sparse = _inputs(dtype, dim=dim)
     ops = torch.ops.torchrec_models_interaction
+    forward, backward = _stated_order()
     out = ops.dot_interaction_forward(dense, sparse)
     assert out.dtype == dtype
-    assert torch.equal(out, _sequential_forward(dense, sparse))
+    assert torch.equal(out, forward(dense, sparse))
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
     got_dense, got_sparse = ops.dot_interaction_backward(grad, dense, sparse)
-    want_dense, want_sparse = _sequential_backward(grad, dense, sparse)
+    want_dense, want_sparse = backward(grad, dense, sparse)
     assert torch.equal(got_dense, want_dense) and torch.equal(got_sparse, want_sparse)
 
 

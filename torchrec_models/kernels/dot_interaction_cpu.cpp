@@ -5,21 +5,31 @@
 // InteractionArch order). The sparse vectors may be stored in another feature order (the pooled
 // embeddings as the all-to-all returned them): they are read in the model's order through a
 // permutation instead of a reordered copy, and their gradients written back in the stored order.
-// Each example's vectors are read once into a transposed fp32 block that stays in L1, the dots are
-// summed in fp32 over d ascending and rounded once to the output type, and the output row is
-// written once: no [B, N, D] stack, no [B, N, N] matrix, no gather of its upper triangle, no final
-// concatenation.
+// Each example's vectors are read once into an fp32 block that stays in L1, each dot is summed in
+// fp32 and rounded once to the output type, and the output row is written once: no [B, N, D] stack,
+// no [B, N, N] matrix, no gather of its upper triangle, no final concatenation. The order of a dot's
+// sum depends on the build (`dot_order()` names it):
+// - "lanes16" (AVX-512): lane l of a 16-lane register sums x_i[d] x_j[d] for d = l, l + 16, ...
+//   ascending, one fused multiply-add each (from zero); the 16 lanes are then added in halves
+//   (l + l+8, then 4, 2 and 1 apart). Sixteen consecutive dots are folded together in registers.
+// - "sequential" (other CPUs): products rounded, then added over d ascending.
 //
 // Backward: the gradient of the kept dots, g(i, j) = g(j, i), gives each vector's gradient
-// sum_{j != i} g(i, j) x_j (summed in fp32 over j ascending); the dense vector's also takes the
-// gradient of its pass-through copy. Written straight into the dense and sparse gradients.
+// sum_{j != i} g(i, j) x_j (summed in fp32 over j ascending: one fused multiply-add each in the
+// "lanes16" build, a rounded product and sum otherwise); the dense vector's starts from the gradient
+// of its pass-through copy. Written straight into the dense and sparse gradients.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "float_rows.h"
@@ -92,6 +102,153 @@ struct Scratch {
   }
 };
 
+#ifdef __AVX512F__
+constexpr const char* kDotOrder = "lanes16";
+
+// Lane l: x[d] y[d] summed over d = l, l + 16, ... ascending (kChunks registers of 16), one fused
+// multiply-add each, from zero. x is already in registers.
+template <int kChunks>
+__attribute__((always_inline)) inline __m512 pair_lanes(const __m512 (&x)[kChunks], const float* y) {
+  __m512 acc = _mm512_setzero_ps();
+#pragma GCC unroll 8
+  for (int c = 0; c < kChunks; ++c) acc = _mm512_fmadd_ps(x[c], _mm512_loadu_ps(y + 16 * c), acc);
+  return acc;
+}
+
+// The same sums for rows of any width (`chunks` registers of 16), both read from memory.
+__attribute__((always_inline)) inline __m512 pair_lanes(const float* x, const float* y, int64_t chunks) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t c = 0; c < chunks; ++c)
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + 16 * c), _mm512_loadu_ps(y + 16 * c), acc);
+  return acc;
+}
+
+// Folding 16 registers' lanes in halves (l + l+8, then 4, 2, 1 apart), two registers' halves side
+// by side at each level: 15 adds and 31 shuffles for 16 sums. fold8(a, b): a's lanes 0-7 + 8-15 in
+// the low 256 bits, b's in the high ones.
+__attribute__((always_inline)) inline __m512 fold8(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Of two fold8 results (registers r..r+3): one 128-bit block per register, in order.
+__attribute__((always_inline)) inline __m512 fold4(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Of two fold4 results (registers r..r+3 and r+4..r+7): block k, lanes 0-1 register r+k, 2-3 r+4+k.
+__attribute__((always_inline)) inline __m512 fold2(__m512 a, __m512 b) {
+  return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Of two fold2 results (registers 0-7 and 8-15): the 16 sums in register order.
+__attribute__((always_inline)) inline __m512 fold1(__m512 a, __m512 b) {
+  const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  // z's block k, lane m holds register k + 4m
+  return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), z);
+}
+
+// The pairs i < j in row-major order, as vector indices.
+struct PairList {
+  std::vector<int32_t> i, j;
+  explicit PairList(int64_t N) {
+    for (int32_t a = 0; a < N; ++a)
+      for (int32_t b = a + 1; b < N; ++b) i.push_back(a), j.push_back(b);
+  }
+};
+
+// Dots p0 .. p0 + n - 1 (n <= 16) of one example's rows (16 * chunks values each), folded as each
+// pair of registers is ready (few registers live). Consecutive pairs mostly share their first
+// vector: for a width known here (kChunks = chunks) it stays in registers while they do; kChunks = 0
+// reads both vectors of every pair from memory (any width).
+template <int kChunks>
+struct DotsChunk {
+  const float* rows;
+  const PairList& pairs;
+  int64_t p0, n, chunks;
+  __m512 xi[kChunks > 0 ? kChunks : 1];
+  int32_t loaded = -1;
+
+  __attribute__((always_inline)) inline __m512 lanes(int t) {
+    if (t >= n) return _mm512_setzero_ps();
+    const int32_t i = pairs.i[p0 + t];
+    if constexpr (kChunks == 0) {
+      return pair_lanes(rows + 16 * chunks * i, rows + 16 * chunks * pairs.j[p0 + t], chunks);
+    } else {
+      if (i != loaded) {
+        loaded = i;
+        for (int c = 0; c < kChunks; ++c) xi[c] = _mm512_loadu_ps(rows + (16 * kChunks) * i + 16 * c);
+      }
+      return pair_lanes<kChunks>(xi, rows + (16 * kChunks) * pairs.j[p0 + t]);
+    }
+  }
+
+  __attribute__((always_inline)) inline __m512 quarter(int q) {  // pairs 4q .. 4q+3
+    const __m512 a = fold8(lanes(4 * q), lanes(4 * q + 1));
+    return fold4(a, fold8(lanes(4 * q + 2), lanes(4 * q + 3)));
+  }
+
+  __attribute__((always_inline)) inline __m512 run() {
+    const __m512 low = fold2(quarter(0), quarter(1));
+    return fold1(low, fold2(quarter(2), quarter(3)));
+  }
+};
+
+// 16 sums to the output type (bf16: rounded to nearest even, NaN a quiet NaN, as store_row does).
+inline void store16(__m512 v, float* dst) { _mm512_storeu_ps(dst, v); }
+
+inline void store16(__m512 v, at::BFloat16* dst) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(rounded));
+}
+
+template <typename T, int kChunks>
+void forward_examples_of_width(const Vectors<T>& x, T* out, int64_t out_stride, int64_t begin, int64_t end) {
+  const int64_t N = x.N, D = x.D, P = N * (N - 1) / 2;
+  Scratch s(N, D);
+  const PairList pairs(N);
+  alignas(64) float dots[16];
+  for (int64_t b = begin; b < end; ++b) {
+    s.read(x, b, /*columns=*/false);
+    T* dst = out + b * out_stride;
+    std::memcpy(dst, x.row(b, 0), D * sizeof(T));
+    for (int64_t p0 = 0; p0 < P; p0 += 16) {
+      const int64_t n = std::min<int64_t>(16, P - p0);
+      const __m512 sums = DotsChunk<kChunks>{s.rows.data(), pairs, p0, n, s.Dp / 16}.run();
+      if (n == 16) {
+        store16(sums, dst + D + p0);
+      } else {
+        _mm512_store_ps(dots, sums);
+        store_row(dots, dst + D + p0, n);
+      }
+    }
+  }
+}
+
+// Rows of up to 128 values (zero-padded to a multiple of 16) keep the first vector of a pair in registers;
+// wider ones are read from memory for each pair.
+template <typename T>
+void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t begin, int64_t end) {
+  switch (padded(x.D) / 16) {
+    case 1: return forward_examples_of_width<T, 1>(x, out, out_stride, begin, end);
+    case 2: return forward_examples_of_width<T, 2>(x, out, out_stride, begin, end);
+    case 3: return forward_examples_of_width<T, 3>(x, out, out_stride, begin, end);
+    case 4: return forward_examples_of_width<T, 4>(x, out, out_stride, begin, end);
+    case 5: return forward_examples_of_width<T, 5>(x, out, out_stride, begin, end);
+    case 6: return forward_examples_of_width<T, 6>(x, out, out_stride, begin, end);
+    case 7: return forward_examples_of_width<T, 7>(x, out, out_stride, begin, end);
+    case 8: return forward_examples_of_width<T, 8>(x, out, out_stride, begin, end);
+    default: return forward_examples_of_width<T, 0>(x, out, out_stride, begin, end);
+  }
+}
+#else
+constexpr const char* kDotOrder = "sequential";
+
 // Dots of vectors i0 .. i0 + kDotRows - 1 with the columns from `first` on, each summed over d ascending.
 void dots_pass(Scratch& s, int64_t i0, int64_t first, int64_t D) {
   const int64_t Np = s.Np;
@@ -121,6 +278,7 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
     }
   }
 }
+#endif
 
 // pair_grad[i, j] = pair_grad[j, i] = the gradient of dot (i, j); zero on the diagonal and past row N.
 template <typename T>
@@ -133,6 +291,61 @@ void symmetric_gradient(const T* dots_grad, int64_t N, std::vector<float>& trian
   }
 }
 
+#ifdef __AVX512F__
+// Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending, one
+// fused multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
+// pass-through gradient), into sums[r * 16 * kChunks ...]. All kChunks registers of each row stay in
+// registers: per j, kChunks loads and kGradRows broadcasts feed kGradRows * kChunks multiply-adds.
+template <int kChunks>
+void gradient_block(const float* rows, const float* pair_grad, const float* start, int64_t i0, int64_t N, float* sums) {
+  constexpr int64_t kWidth = 16 * kChunks;
+  __m512 acc[kGradRows][kChunks];
+  for (int r = 0; r < kGradRows; ++r)
+    for (int c = 0; c < kChunks; ++c)
+      acc[r][c] = i0 == 0 && r == 0 ? _mm512_loadu_ps(start + 16 * c) : _mm512_setzero_ps();
+  for (int64_t j = 0; j < N; ++j) {
+    __m512 xj[kChunks];
+    for (int c = 0; c < kChunks; ++c) {
+      xj[c] = _mm512_loadu_ps(rows + j * kWidth + 16 * c);
+      asm("" : "+v"(xj[c]));  // kept in a register: folded into each multiply-add it was loaded kGradRows times
+    }
+    for (int r = 0; r < kGradRows; ++r) {
+      const __m512 g = _mm512_set1_ps(pair_grad[(i0 + r) * N + j]);
+      for (int c = 0; c < kChunks; ++c) acc[r][c] = _mm512_fmadd_ps(g, xj[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < kGradRows; ++r)
+    for (int c = 0; c < kChunks; ++c) _mm512_storeu_ps(sums + r * kWidth + 16 * c, acc[r][c]);
+}
+
+// The same sums for rows of any width, one column register at a time.
+void gradient_columns(const float* rows, int64_t Dp, const float* pair_grad, const float* start, int64_t i0,
+                      int64_t N, float* sums) {
+  for (int64_t c = 0; c < Dp; c += 16) {
+    __m512 acc[kGradRows];
+    for (int r = 0; r < kGradRows; ++r) acc[r] = i0 == 0 && r == 0 ? _mm512_loadu_ps(start + c) : _mm512_setzero_ps();
+    for (int64_t j = 0; j < N; ++j) {
+      const __m512 xj = _mm512_loadu_ps(rows + j * Dp + c);
+      for (int r = 0; r < kGradRows; ++r)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(pair_grad[(i0 + r) * N + j]), xj, acc[r]);
+    }
+    for (int r = 0; r < kGradRows; ++r) _mm512_storeu_ps(sums + r * Dp + c, acc[r]);
+  }
+}
+
+void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
+                   int64_t) {
+  const float* rows = s.rows.data();
+  float* sums = s.sums.data();
+  switch (s.Dp / 16) {
+    case 1: return gradient_block<1>(rows, pair_grad.data(), start, i0, N, sums);
+    case 2: return gradient_block<2>(rows, pair_grad.data(), start, i0, N, sums);
+    case 3: return gradient_block<3>(rows, pair_grad.data(), start, i0, N, sums);
+    case 4: return gradient_block<4>(rows, pair_grad.data(), start, i0, N, sums);
+    default: return gradient_columns(rows, s.Dp, pair_grad.data(), start, i0, N, sums);
+  }
+}
+#else
 // Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending; the
 // diagonal's zero adds nothing), on top of `start` for vector 0 (its pass-through gradient).
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
@@ -148,6 +361,7 @@ void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float*
     for (int64_t r = 0; r < kGradRows; ++r) std::memcpy(s.sums.data() + r * Dp + c, &sum[r], sizeof(Lanes));
   }
 }
+#endif
 
 template <typename T>
 void backward_examples(const Vectors<T>& x, const T* grad, int64_t grad_stride, T* grad_dense, T* grad_sparse,
@@ -252,8 +466,12 @@ int64_t parallel_threads(int64_t n) {
 
 }  // namespace
 
+// How this build sums a dot (header comment).
+std::string dot_order() { return kDotOrder; }
+
 TORCH_LIBRARY(torchrec_models_interaction, m) {
   m.def("parallel_threads(int n) -> int", &parallel_threads);
+  m.def("dot_order() -> str", &dot_order);
   m.def("dot_interaction_forward(Tensor dense, Tensor sparse, Tensor? order=None) -> Tensor");
   m.def("dot_interaction_backward(Tensor grad_out, Tensor dense, Tensor sparse, Tensor? order=None) -> (Tensor, Tensor)");
   m.impl("dot_interaction_forward", c10::DispatchKey::CPU, TORCH_FN(dot_interaction_forward));
