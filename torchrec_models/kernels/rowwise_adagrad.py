@@ -1,9 +1,11 @@
 """This project's row-wise Adagrad table update on the CPU, in place of FBGEMM's.
 
-FBGEMM's CPU backward for EXACT_ROWWISE_ADAGRAD runs its JIT-generated update at about 0.5 us a
-row on the 2-core benchmark machines, 4-5x its own SGD update over the same rows. The kernel in
-``rowwise_adagrad_cpu.cpp`` does the same arithmetic (each row's gradient summed in position order,
-h += mean(g^2), w -= lr * g / (sqrt(h) + eps)) over rows in sorted order. It is compiled on first
+FBGEMM's CPU backward for EXACT_ROWWISE_ADAGRAD runs on one thread; on the Xeon and the AVX2 EPYC
+benchmark machines its JIT-generated update took about 0.5 us a row, 4-5x its own SGD update over
+the same rows (on an AMD Zen 4 it is 1.1-1.5x faster per thread than this kernel, which then gains
+by its second thread only). The kernel in ``rowwise_adagrad_cpu.cpp`` does the same arithmetic
+(each row's gradient summed in position order, h += mean(g^2), w -= lr * g / (sqrt(h) + eps)) over
+rows in sorted order, split over the rank's threads by table. It is compiled on first
 use with torch's C++ extension builder (cached under ~/.cache/torch_extensions) and registered as
 the CPU kernel of FBGEMM's op, so torchrec, the fused optimizer state and checkpoints are as before.
 CUDA tables keep FBGEMM's kernels.
