@@ -280,18 +280,20 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
 }
 #endif
 
-// pair_grad[i, j] = pair_grad[j, i] = the gradient of dot (i, j); zero on the diagonal and past row N.
+#ifdef __AVX512F__
+// pair_grad[i, j] for i < j = the gradient of dot (i, j): the upper triangle only, copied row by row
+// (coefficient() reads the rest from it).
 template <typename T>
-void symmetric_gradient(const T* dots_grad, int64_t N, std::vector<float>& triangle, std::vector<float>& pair_grad) {
-  load_row(dots_grad, triangle.data(), N * (N - 1) / 2);
-  for (int64_t i = 0; i < N; ++i) {
-    pair_grad[i * N + i] = 0.0f;
-    for (int64_t j = i + 1; j < N; ++j)
-      pair_grad[i * N + j] = pair_grad[j * N + i] = triangle[pairs_before(i, N) + j - i - 1];
-  }
+void pair_gradient(const T* dots_grad, int64_t N, std::vector<float>&, std::vector<float>& pair_grad) {
+  for (int64_t i = 0; i + 1 < N; ++i) load_row(dots_grad + pairs_before(i, N), pair_grad.data() + i * N + i + 1, N - 1 - i);
 }
 
-#ifdef __AVX512F__
+// The coefficient of x_j in vector i's gradient: g(i, j) = g(j, i), zero for j = i. Rows past N read
+// values of the buffer that no stored gradient uses.
+__attribute__((always_inline)) inline float coefficient(const float* upper, int64_t N, int64_t i, int64_t j) {
+  return j > i ? upper[i * N + j] : j < i ? upper[j * N + i] : 0.0f;
+}
+
 // Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending, one
 // fused multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
 // pass-through gradient), into sums[r * 16 * kChunks ...]. All kChunks registers of each row stay in
@@ -310,7 +312,7 @@ void gradient_block(const float* rows, const float* pair_grad, const float* star
       asm("" : "+v"(xj[c]));  // kept in a register: folded into each multiply-add it was loaded kGradRows times
     }
     for (int r = 0; r < kGradRows; ++r) {
-      const __m512 g = _mm512_set1_ps(pair_grad[(i0 + r) * N + j]);
+      const __m512 g = _mm512_set1_ps(coefficient(pair_grad, N, i0 + r, j));
       for (int c = 0; c < kChunks; ++c) acc[r][c] = _mm512_fmadd_ps(g, xj[c], acc[r][c]);
     }
   }
@@ -327,7 +329,7 @@ void gradient_columns(const float* rows, int64_t Dp, const float* pair_grad, con
     for (int64_t j = 0; j < N; ++j) {
       const __m512 xj = _mm512_loadu_ps(rows + j * Dp + c);
       for (int r = 0; r < kGradRows; ++r)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(pair_grad[(i0 + r) * N + j]), xj, acc[r]);
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(coefficient(pair_grad, N, i0 + r, j)), xj, acc[r]);
     }
     for (int r = 0; r < kGradRows; ++r) _mm512_storeu_ps(sums + r * Dp + c, acc[r]);
   }
@@ -346,6 +348,17 @@ void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float*
   }
 }
 #else
+// pair_grad[i, j] = pair_grad[j, i] = the gradient of dot (i, j); zero on the diagonal and past row N.
+template <typename T>
+void pair_gradient(const T* dots_grad, int64_t N, std::vector<float>& triangle, std::vector<float>& pair_grad) {
+  load_row(dots_grad, triangle.data(), N * (N - 1) / 2);
+  for (int64_t i = 0; i < N; ++i) {
+    pair_grad[i * N + i] = 0.0f;
+    for (int64_t j = i + 1; j < N; ++j)
+      pair_grad[i * N + j] = pair_grad[j * N + i] = triangle[pairs_before(i, N) + j - i - 1];
+  }
+}
+
 // Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending; the
 // diagonal's zero adds nothing), on top of `start` for vector 0 (its pass-through gradient).
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
@@ -373,7 +386,7 @@ void backward_examples(const Vectors<T>& x, const T* grad, int64_t grad_stride, 
     s.read(x, b, /*columns=*/false);
     const T* g = grad + b * grad_stride;
     load_row(g, passthrough.data(), D);
-    symmetric_gradient(g + D, N, triangle, pair_grad);
+    pair_gradient(g + D, N, triangle, pair_grad);
     for (int64_t i0 = 0; i0 < N; i0 += kGradRows) {
       gradient_pass(s, pair_grad, passthrough.data(), i0, N, D);
       for (int64_t i = i0; i < std::min(i0 + kGradRows, N); ++i) {
