@@ -1,5 +1,5 @@
 """``python -m benchmarks --suite NAME --out DIR`` | ``compare DIR_A DIR_B`` | ``report DIR`` |
-``ab --row NAME --b KEY=VALUE`` | ``ratio --a ROW --b ROW`` | ``tables --threads N``."""
+``ab --row NAME --b KEY=VALUE`` | ``ratio --a ROW --b ROW`` | ``tables --threads N`` | ``targets --out DIR``."""
 from __future__ import annotations
 
 import argparse
@@ -138,6 +138,25 @@ def _tables(argv: list[str]) -> int:
     return 0
 
 
+def _targets(argv: list[str]) -> int:
+    from benchmarks.pricing_args import prices_or_exit
+    from benchmarks.targets import run_targets
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks targets",
+                                description="the CPU speed targets: their rows, two ranks against one with "
+                                            "`ratio`, and DIR/targets.md with each verdict")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--pairs", type=int, default=10, help="`ratio` pairs per precision")
+    p.add_argument("--price", action="append", default=[], metavar="KIND=USD_PER_HOUR")
+    args = p.parse_args(argv)
+    if args.pairs < 1:
+        print("error: --pairs must be >= 1", file=sys.stderr)
+        return 2
+    targets = run_targets(args.out, args.pairs, prices_or_exit(args.price))
+    print((args.out / "targets.md").read_text(), end="")
+    return 0 if all(t.met for t in targets) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_library_noise()
@@ -158,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         return _tables(argv[1:])
     if argv[:1] == ["ratio"]:
         return _ratio(argv[1:])
+    if argv[:1] == ["targets"]:
+        return _targets(argv[1:])
     if argv[:1] == ["report"]:
         from benchmarks.report import write_report
 
