@@ -294,7 +294,7 @@ __attribute__((always_inline)) inline float coefficient(const float* upper, int6
   return j > i ? upper[i * N + j] : j < i ? upper[j * N + i] : 0.0f;
 }
 
-// Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending, one
+// Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of g(i, j) x_j (j ascending, one
 // fused multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
 // pass-through gradient), into sums[r * 16 * kChunks ...]. All kChunks registers of each row stay in
 // registers: per j, kChunks loads and kGradRows broadcasts feed kGradRows * kChunks multiply-adds.
