@@ -21,9 +21,10 @@ test: setup
 test-quality: setup
 	$(PY) -m pytest -q -m quality
 
-# The numerical tests again with torch's AVX2 kernels (other vector widths, other summation
-# orders): bounds that hold only on one CPU's kernels fail here. CI runs it after `make test`.
-# Skipped where torch's kernels are AVX2 already (`make test` just ran those very kernels).
+# The numerical tests again with torch's AVX2 kernels and this package's kernels built for AVX2
+# with FMA (other vector widths, other summation orders): bounds that hold only on one CPU's kernels
+# fail here. CI runs it after `make test`. Skipped where torch's kernels are AVX2 already (`make
+# test` just ran those very kernels).
 NUMERICAL := tests/test_oracle.py tests/test_baseline.py tests/test_dot_interaction.py \
 	tests/test_precision_options.py::test_fp16_comms_and_fp16_tables_train_on_two_gloo_ranks \
 	tests/test_retrieval.py::test_two_ranks_match_one_process_with_gathered_negatives \
@@ -32,7 +33,7 @@ NUMERICAL := tests/test_oracle.py tests/test_baseline.py tests/test_dot_interact
 test-avx2: setup
 	@if [ "$$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')" = AVX2 ]; then \
 		echo "test-avx2: torch's CPU kernels here are AVX2 already; make test ran them"; \
-	else ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest -q $(NUMERICAL); fi
+	else ATEN_CPU_CAPABILITY=avx2 TORCHREC_MODELS_KERNEL_ARCH=x86-64-v3 $(PY) -m pytest -q $(NUMERICAL); fi
 
 clean:
 	rm -rf runs .pytest_cache

@@ -46,3 +46,12 @@ def test_an_edited_source_is_another_build(tmp_path: Path) -> None:
         shutil.copy(header, tmp_path / header.name)
     assert build._build_name(edited) != build._build_name(SOURCE)
     assert build._build_name(tmp_path / SOURCE.name).startswith("torchrec_models_linear_relu_cpu_")
+
+
+def test_another_target_arch_is_another_build(monkeypatch):
+    """TORCHREC_MODELS_KERNEL_ARCH (make test-avx2) builds apart from the machine's own build."""
+    monkeypatch.delenv(build.ARCH_VARIABLE, raising=False)
+    native = build._build_name(SOURCE)
+    assert "-march=native" in build.cflags()
+    monkeypatch.setenv(build.ARCH_VARIABLE, "x86-64-v3")
+    assert "-march=x86-64-v3" in build.cflags() and build._build_name(SOURCE) != native

@@ -15,8 +15,15 @@ log = logging.getLogger(__name__)
 
 # -march=native: the lookup's and update's loops vectorize to the machine's own registers (the
 # lookup ran 1.6x faster than its baseline x86-64 build on the benchmark machine); no FMA
-# contraction, so sums round as written (and as FBGEMM's do).
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
+# contraction, so sums round as written (and as FBGEMM's do). TORCHREC_MODELS_KERNEL_ARCH names
+# another -march (`make test-avx2` builds for x86-64-v3, AVX2 with FMA, to test those code paths).
+ARCH_VARIABLE = "TORCHREC_MODELS_KERNEL_ARCH"
+
+
+def cflags() -> list[str]:
+    return ["-O3", f"-march={os.environ.get(ARCH_VARIABLE) or 'native'}", "-ffp-contract=off", "-fopenmp"]
+
+
 # at::parallel_for is an OpenMP loop compiled into the caller: without -fopenmp it runs on one
 # thread. Linked against libgomp.so.1, which resolves to the copy torch has already loaded.
 LDFLAGS = ["-fopenmp"]
@@ -61,7 +68,7 @@ def _build_name(source: Path) -> str:
     import torch
 
     headers = b"".join(path.read_bytes() for path in sorted(source.parent.glob("*.h")))  # the sources' includes
-    key = b"\0".join([source.read_bytes(), headers, " ".join(CFLAGS + LDFLAGS).encode(), _cpu_signature().encode(),
+    key = b"\0".join([source.read_bytes(), headers, " ".join(cflags() + LDFLAGS).encode(), _cpu_signature().encode(),
                       torch.__version__.encode(), platform.python_version().encode()])
     return f"torchrec_models_{source.stem}_{hashlib.sha256(key).hexdigest()[:12]}"
 
@@ -76,7 +83,7 @@ def _compile_and_load(source: Path, name: str, build_dir: Path, library: Path) -
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
     build_dir.mkdir(parents=True, exist_ok=True)
     # copies: the builder appends its own flags to the lists it is given
-    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+    cpp_extension.load(name=name, sources=[str(source)], extra_cflags=cflags(), extra_ldflags=list(LDFLAGS),
                        build_directory=str(build_dir), is_python_module=False, verbose=False)
     staging = library.with_name(f".{library.name}.{os.getpid()}")
     shutil.copyfile(build_dir / f"{name}.so", staging)

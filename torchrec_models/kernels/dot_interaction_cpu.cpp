@@ -9,7 +9,7 @@
 // fp32 and rounded once to the output type, and the output row is written once: no [B, N, D] stack,
 // no [B, N, N] matrix, no gather of its upper triangle, no final concatenation. The order of a dot's
 // sum depends on the build (`dot_order()` names it):
-// - "lanes16" (AVX-512): lane l of a 16-lane register sums x_i[d] x_j[d] for d = l, l + 16, ...
+// - "lanes16" (AVX-512, or AVX2 with FMA): lane l of a 16-lane register (two AVX2 registers) sums x_i[d] x_j[d] for d = l, l + 16, ...
 //   ascending, one fused multiply-add each (from zero); the 16 lanes are then added in halves
 //   (l + l+8, then 4, 2 and 1 apart). Sixteen consecutive dots are folded together in registers.
 // - "sequential" (other CPUs): products rounded, then added over d ascending.
@@ -22,7 +22,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define TORCHREC_MODELS_LANES16 1
 #include <immintrin.h>
 #endif
 
@@ -42,11 +43,15 @@ using torchrec_models::store_row;
 // Where the pairs (i, i+1), ..., (i, N-1) start among the dots.
 inline int64_t pairs_before(int64_t i, int64_t N) { return i * (N - 1) - i * (i - 1) / 2; }
 
-// One vector register of fp32: blocks of this width vectorize fully, and the forward's kDotRows
-// sums stay in registers (16 AVX2 registers hold 8 sums of 8 lanes, not of 16).
-#ifdef __AVX512F__
+// Rows are zero-padded to kLanes values. "lanes16" builds: 16; others: one vector register of fp32, so
+// that blocks of this width vectorize fully and the forward's kDotRows sums stay in registers (16 AVX2
+// registers hold 8 sums of 8 lanes, not of 16). kGradRows: the backward's vectors at once (below).
+#if defined(__AVX512F__)
 constexpr int64_t kLanes = 16;
-constexpr int64_t kGradRows = 4;  // backward's vectors at once (below)
+constexpr int64_t kGradRows = 4;
+#elif defined(TORCHREC_MODELS_LANES16)
+constexpr int64_t kLanes = 16;
+constexpr int64_t kGradRows = 8;  // over columns of 8 lanes
 #else
 constexpr int64_t kLanes = 8;
 constexpr int64_t kGradRows = 8;
@@ -88,10 +93,10 @@ constexpr int64_t kRows = std::max(kDotRows, kGradRows);  // spare rows and colu
 // spare columns read past the last vector), zero-padded; one sum per (row of a pass, column).
 struct Scratch {
   int64_t Np, Dp;
-  std::vector<float> rows, cols, sums;
+  std::vector<float> rows, cols, sums, coefs;  // coefs: a backward pass's pair gradients, where a build keeps them
   Scratch(int64_t N, int64_t D)
       : Np(padded(N)), Dp(padded(D)), rows((N + kRows) * Dp, 0.0f), cols(D * Np + kRows, 0.0f),
-        sums(kRows * std::max(Np, Dp)) {}
+        sums(kRows * std::max(Np, Dp)), coefs(N * kGradRows) {}
 
   template <typename T>
   void read(const Vectors<T>& x, int64_t b, bool columns) {
@@ -102,52 +107,121 @@ struct Scratch {
   }
 };
 
-#ifdef __AVX512F__
+#ifdef TORCHREC_MODELS_LANES16
 constexpr const char* kDotOrder = "lanes16";
 
-// Lane l: x[d] y[d] summed over d = l, l + 16, ... ascending (kChunks registers of 16), one fused
-// multiply-add each, from zero. x is already in registers.
-template <int kChunks>
-__attribute__((always_inline)) inline __m512 pair_lanes(const __m512 (&x)[kChunks], const float* y) {
-  __m512 acc = _mm512_setzero_ps();
-#pragma GCC unroll 8
-  for (int c = 0; c < kChunks; ++c) acc = _mm512_fmadd_ps(x[c], _mm512_loadu_ps(y + 16 * c), acc);
-  return acc;
-}
+#ifdef __AVX512F__
+using V16 = __m512;     // 16 fp32 lanes
+using Folded = __m512;  // the partly folded lanes of several dots
 
-// The same sums for rows of any width (`chunks` registers of 16), both read from memory.
-__attribute__((always_inline)) inline __m512 pair_lanes(const float* x, const float* y, int64_t chunks) {
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t c = 0; c < chunks; ++c)
-    acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + 16 * c), _mm512_loadu_ps(y + 16 * c), acc);
-  return acc;
-}
+inline V16 v16_zero() { return _mm512_setzero_ps(); }
+inline V16 v16_load(const float* p) { return _mm512_loadu_ps(p); }
+inline V16 v16_fma(V16 a, V16 b, V16 c) { return _mm512_fmadd_ps(a, b, c); }
+inline void v16_store(float* p, V16 v) { _mm512_storeu_ps(p, v); }
 
 // Folding 16 registers' lanes in halves (l + l+8, then 4, 2, 1 apart), two registers' halves side
 // by side at each level: 15 adds and 31 shuffles for 16 sums. fold8(a, b): a's lanes 0-7 + 8-15 in
 // the low 256 bits, b's in the high ones.
-__attribute__((always_inline)) inline __m512 fold8(__m512 a, __m512 b) {
+__attribute__((always_inline)) inline Folded fold8(V16 a, V16 b) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
                        _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
 // Of two fold8 results (registers r..r+3): one 128-bit block per register, in order.
-__attribute__((always_inline)) inline __m512 fold4(__m512 a, __m512 b) {
+__attribute__((always_inline)) inline Folded fold4(Folded a, Folded b) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
                        _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // Of two fold4 results (registers r..r+3 and r+4..r+7): block k, lanes 0-1 register r+k, 2-3 r+4+k.
-__attribute__((always_inline)) inline __m512 fold2(__m512 a, __m512 b) {
+__attribute__((always_inline)) inline Folded fold2(Folded a, Folded b) {
   return _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
 }
 
 // Of two fold2 results (registers 0-7 and 8-15): the 16 sums in register order.
-__attribute__((always_inline)) inline __m512 fold1(__m512 a, __m512 b) {
+__attribute__((always_inline)) inline V16 fold1(Folded a, Folded b) {
   const __m512 z = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
                                  _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
   // z's block k, lane m holds register k + 4m
   return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), z);
+}
+
+// 16 sums to the output type (bf16: rounded to nearest even, NaN a quiet NaN, as store_row does).
+inline void store16(V16 v, float* dst) { _mm512_storeu_ps(dst, v); }
+
+inline void store16(V16 v, at::BFloat16* dst) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(rounded));
+}
+#else
+struct V16 {  // 16 fp32 lanes in two AVX2 registers: lanes 0-7, 8-15
+  __m256 lo, hi;
+};
+using Folded = __m256;
+
+inline V16 v16_zero() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+inline V16 v16_load(const float* p) { return {_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)}; }
+inline V16 v16_fma(V16 a, V16 b, V16 c) { return {_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)}; }
+inline void v16_store(float* p, V16 v) { _mm256_storeu_ps(p, v.lo), _mm256_storeu_ps(p + 8, v.hi); }
+
+// The same folds as the AVX-512 build's, the same sums in the same order. fold8(a, b): lanes l + l+8,
+// then those 4 apart: a's 4 in the low 128 bits, b's in the high ones.
+__attribute__((always_inline)) inline Folded fold8(V16 a, V16 b) {
+  const __m256 x = _mm256_add_ps(a.lo, a.hi), y = _mm256_add_ps(b.lo, b.hi);
+  return _mm256_add_ps(_mm256_permute2f128_ps(x, y, 0x20), _mm256_permute2f128_ps(x, y, 0x31));
+}
+
+// Of two fold8 results (registers r..r+1, r+2..r+3): half h, lanes 0-1 register r+h, 2-3 r+2+h.
+__attribute__((always_inline)) inline Folded fold4(Folded a, Folded b) {
+  return _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+
+// Of two fold4 results (registers r..r+3, r+4..r+7): half h holds registers r+h, r+2+h, r+4+h, r+6+h.
+__attribute__((always_inline)) inline Folded fold2(Folded a, Folded b) {
+  return _mm256_add_ps(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Of two fold2 results (registers 0-7 and 8-15): the 16 sums in register order.
+__attribute__((always_inline)) inline V16 fold1(Folded a, Folded b) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  return {_mm256_permutevar8x32_ps(a, order), _mm256_permutevar8x32_ps(b, order)};
+}
+
+// 8 fp32 values' bf16 bits (rounded to nearest even, NaN a quiet NaN), one per 32-bit lane.
+inline __m256i bf16_bits(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), odd), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+}
+
+inline void store16(V16 v, float* dst) { v16_store(dst, v); }
+
+inline void store16(V16 v, at::BFloat16* dst) {  // packs lanes 0-3, 8-11, 4-7, 12-15: reordered by 64 bits
+  const __m256i packed = _mm256_packus_epi32(bf16_bits(v.lo), bf16_bits(v.hi));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permute4x64_epi64(packed, _MM_SHUFFLE(3, 1, 2, 0)));
+}
+#endif
+
+// Lane l: x[d] y[d] summed over d = l, l + 16, ... ascending (kChunks registers of 16), one fused
+// multiply-add each, from zero. x is already in registers.
+template <int kChunks>
+__attribute__((always_inline)) inline V16 pair_lanes(const V16 (&x)[kChunks], const float* y) {
+  V16 acc = v16_zero();
+#pragma GCC unroll 8
+  for (int c = 0; c < kChunks; ++c) acc = v16_fma(x[c], v16_load(y + 16 * c), acc);
+  return acc;
+}
+
+// The same sums for rows of any width (`chunks` registers of 16), both read from memory.
+__attribute__((always_inline)) inline V16 pair_lanes(const float* x, const float* y, int64_t chunks) {
+  V16 acc = v16_zero();
+  for (int64_t c = 0; c < chunks; ++c) acc = v16_fma(v16_load(x + 16 * c), v16_load(y + 16 * c), acc);
+  return acc;
 }
 
 // The pairs i < j in row-major order, as vector indices.
@@ -168,44 +242,33 @@ struct DotsChunk {
   const float* rows;
   const PairList& pairs;
   int64_t p0, n, chunks;
-  __m512 xi[kChunks > 0 ? kChunks : 1];
+  V16 xi[kChunks > 0 ? kChunks : 1];
   int32_t loaded = -1;
 
-  __attribute__((always_inline)) inline __m512 lanes(int t) {
-    if (t >= n) return _mm512_setzero_ps();
+  __attribute__((always_inline)) inline V16 lanes(int t) {
+    if (t >= n) return v16_zero();
     const int32_t i = pairs.i[p0 + t];
     if constexpr (kChunks == 0) {
       return pair_lanes(rows + 16 * chunks * i, rows + 16 * chunks * pairs.j[p0 + t], chunks);
     } else {
       if (i != loaded) {
         loaded = i;
-        for (int c = 0; c < kChunks; ++c) xi[c] = _mm512_loadu_ps(rows + (16 * kChunks) * i + 16 * c);
+        for (int c = 0; c < kChunks; ++c) xi[c] = v16_load(rows + (16 * kChunks) * i + 16 * c);
       }
       return pair_lanes<kChunks>(xi, rows + (16 * kChunks) * pairs.j[p0 + t]);
     }
   }
 
-  __attribute__((always_inline)) inline __m512 quarter(int q) {  // pairs 4q .. 4q+3
-    const __m512 a = fold8(lanes(4 * q), lanes(4 * q + 1));
+  __attribute__((always_inline)) inline Folded quarter(int q) {  // pairs 4q .. 4q+3
+    const Folded a = fold8(lanes(4 * q), lanes(4 * q + 1));
     return fold4(a, fold8(lanes(4 * q + 2), lanes(4 * q + 3)));
   }
 
-  __attribute__((always_inline)) inline __m512 run() {
-    const __m512 low = fold2(quarter(0), quarter(1));
+  __attribute__((always_inline)) inline V16 run() {
+    const Folded low = fold2(quarter(0), quarter(1));
     return fold1(low, fold2(quarter(2), quarter(3)));
   }
 };
-
-// 16 sums to the output type (bf16: rounded to nearest even, NaN a quiet NaN, as store_row does).
-inline void store16(__m512 v, float* dst) { _mm512_storeu_ps(dst, v); }
-
-inline void store16(__m512 v, at::BFloat16* dst) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd), 16);
-  rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(rounded));
-}
 
 template <typename T, int kChunks>
 void forward_examples_of_width(const Vectors<T>& x, T* out, int64_t out_stride, int64_t begin, int64_t end) {
@@ -219,19 +282,19 @@ void forward_examples_of_width(const Vectors<T>& x, T* out, int64_t out_stride, 
     std::memcpy(dst, x.row(b, 0), D * sizeof(T));
     for (int64_t p0 = 0; p0 < P; p0 += 16) {
       const int64_t n = std::min<int64_t>(16, P - p0);
-      const __m512 sums = DotsChunk<kChunks>{s.rows.data(), pairs, p0, n, s.Dp / 16}.run();
+      const V16 sums = DotsChunk<kChunks>{s.rows.data(), pairs, p0, n, s.Dp / 16}.run();
       if (n == 16) {
         store16(sums, dst + D + p0);
       } else {
-        _mm512_store_ps(dots, sums);
+        v16_store(dots, sums);
         store_row(dots, dst + D + p0, n);
       }
     }
   }
 }
 
-// Rows of up to 128 values (zero-padded to a multiple of 16) keep the first vector of a pair in registers;
-// wider ones are read from memory for each pair.
+// Rows of up to 128 values (64 with AVX2's 16 registers; zero-padded to a multiple of 16) keep the
+// first vector of a pair in registers; wider ones are read from memory for each pair.
 template <typename T>
 void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t begin, int64_t end) {
   switch (padded(x.D) / 16) {
@@ -239,10 +302,12 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
     case 2: return forward_examples_of_width<T, 2>(x, out, out_stride, begin, end);
     case 3: return forward_examples_of_width<T, 3>(x, out, out_stride, begin, end);
     case 4: return forward_examples_of_width<T, 4>(x, out, out_stride, begin, end);
+#ifdef __AVX512F__
     case 5: return forward_examples_of_width<T, 5>(x, out, out_stride, begin, end);
     case 6: return forward_examples_of_width<T, 6>(x, out, out_stride, begin, end);
     case 7: return forward_examples_of_width<T, 7>(x, out, out_stride, begin, end);
     case 8: return forward_examples_of_width<T, 8>(x, out, out_stride, begin, end);
+#endif
     default: return forward_examples_of_width<T, 0>(x, out, out_stride, begin, end);
   }
 }
@@ -280,7 +345,7 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
 }
 #endif
 
-#ifdef __AVX512F__
+#ifdef TORCHREC_MODELS_LANES16
 // pair_grad[i, j] for i < j = the gradient of dot (i, j): the upper triangle only, copied row by row
 // (coefficient() reads the rest from it).
 template <typename T>
@@ -294,6 +359,7 @@ __attribute__((always_inline)) inline float coefficient(const float* upper, int6
   return j > i ? upper[i * N + j] : j < i ? upper[j * N + i] : 0.0f;
 }
 
+#ifdef __AVX512F__
 // Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of g(i, j) x_j (j ascending, one
 // fused multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
 // pass-through gradient), into sums[r * 16 * kChunks ...]. All kChunks registers of each row stay in
@@ -347,6 +413,28 @@ void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float*
     default: return gradient_columns(rows, s.Dp, pair_grad.data(), start, i0, N, sums);
   }
 }
+#else
+// Gradients of vectors i0 .. i0 + kGradRows - 1 as the AVX-512 build sums them (over j ascending, one
+// fused multiply-add each, on top of `start` for vector 0), 8 columns at a time.
+void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
+                   int64_t) {
+  const int64_t Dp = s.Dp;
+  const float* rows = s.rows.data();
+  float* coefs = s.coefs.data();  // [j][r]: read once per column block below
+  for (int64_t j = 0; j < N; ++j)
+    for (int r = 0; r < kGradRows; ++r) coefs[j * kGradRows + r] = coefficient(pair_grad.data(), N, i0 + r, j);
+  for (int64_t c = 0; c < Dp; c += 8) {
+    __m256 acc[kGradRows];
+    for (int r = 0; r < kGradRows; ++r) acc[r] = i0 == 0 && r == 0 ? _mm256_loadu_ps(start + c) : _mm256_setzero_ps();
+    for (int64_t j = 0; j < N; ++j) {
+      const __m256 xj = _mm256_loadu_ps(rows + j * Dp + c);
+      for (int r = 0; r < kGradRows; ++r)
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(coefs[j * kGradRows + r]), xj, acc[r]);
+    }
+    for (int r = 0; r < kGradRows; ++r) _mm256_storeu_ps(s.sums.data() + r * Dp + c, acc[r]);
+  }
+}
+#endif
 #else
 // pair_grad[i, j] = pair_grad[j, i] = the gradient of dot (i, j); zero on the diagonal and past row N.
 template <typename T>
