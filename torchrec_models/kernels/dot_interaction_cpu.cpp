@@ -359,11 +359,53 @@ __attribute__((always_inline)) inline float coefficient(const float* upper, int6
   return j > i ? upper[i * N + j] : j < i ? upper[j * N + i] : 0.0f;
 }
 
+// One register of fp32 columns, for the backward's loop over column registers.
 #ifdef __AVX512F__
-// Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of g(i, j) x_j (j ascending, one
-// fused multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
-// pass-through gradient), into sums[r * 16 * kChunks ...]. All kChunks registers of each row stay in
-// registers: per j, kChunks loads and kGradRows broadcasts feed kGradRows * kChunks multiply-adds.
+struct ColumnRegister {
+  using R = __m512;
+  static constexpr int64_t kWidth = 16;
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R fma(float a, R b, R c) { return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c); }
+  static void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+};
+#else
+struct ColumnRegister {
+  using R = __m256;
+  static constexpr int64_t kWidth = 8;
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static R zero() { return _mm256_setzero_ps(); }
+  static R fma(float a, R b, R c) { return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+};
+#endif
+
+// Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of g(i, j) x_j (j ascending, one fused
+// multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
+// pass-through gradient), into s.sums: one column register at a time, for rows of any width. The
+// coefficients are read once for all column registers.
+void gradient_columns(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N) {
+  using C = ColumnRegister;
+  const int64_t Dp = s.Dp;
+  const float* rows = s.rows.data();
+  float* coefs = s.coefs.data();  // [j][r]
+  for (int64_t j = 0; j < N; ++j)
+    for (int r = 0; r < kGradRows; ++r) coefs[j * kGradRows + r] = coefficient(pair_grad.data(), N, i0 + r, j);
+  for (int64_t c = 0; c < Dp; c += C::kWidth) {
+    C::R acc[kGradRows];
+    for (int r = 0; r < kGradRows; ++r) acc[r] = i0 == 0 && r == 0 ? C::load(start + c) : C::zero();
+    for (int64_t j = 0; j < N; ++j) {
+      const C::R xj = C::load(rows + j * Dp + c);
+      for (int r = 0; r < kGradRows; ++r) acc[r] = C::fma(coefs[j * kGradRows + r], xj, acc[r]);
+    }
+    for (int r = 0; r < kGradRows; ++r) C::store(s.sums.data() + r * Dp + c, acc[r]);
+  }
+}
+
+#ifdef __AVX512F__
+// The same sums for rows of 16 * kChunks values, into sums[r * 16 * kChunks ...], with all kChunks
+// registers of each row in registers: per j, kChunks loads and kGradRows broadcasts feed
+// kGradRows * kChunks multiply-adds.
 template <int kChunks>
 void gradient_block(const float* rows, const float* pair_grad, const float* start, int64_t i0, int64_t N, float* sums) {
   constexpr int64_t kWidth = 16 * kChunks;
@@ -386,21 +428,6 @@ void gradient_block(const float* rows, const float* pair_grad, const float* star
     for (int c = 0; c < kChunks; ++c) _mm512_storeu_ps(sums + r * kWidth + 16 * c, acc[r][c]);
 }
 
-// The same sums for rows of any width, one column register at a time.
-void gradient_columns(const float* rows, int64_t Dp, const float* pair_grad, const float* start, int64_t i0,
-                      int64_t N, float* sums) {
-  for (int64_t c = 0; c < Dp; c += 16) {
-    __m512 acc[kGradRows];
-    for (int r = 0; r < kGradRows; ++r) acc[r] = i0 == 0 && r == 0 ? _mm512_loadu_ps(start + c) : _mm512_setzero_ps();
-    for (int64_t j = 0; j < N; ++j) {
-      const __m512 xj = _mm512_loadu_ps(rows + j * Dp + c);
-      for (int r = 0; r < kGradRows; ++r)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(coefficient(pair_grad, N, i0 + r, j)), xj, acc[r]);
-    }
-    for (int r = 0; r < kGradRows; ++r) _mm512_storeu_ps(sums + r * Dp + c, acc[r]);
-  }
-}
-
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
                    int64_t) {
   const float* rows = s.rows.data();
@@ -410,29 +437,13 @@ void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float*
     case 2: return gradient_block<2>(rows, pair_grad.data(), start, i0, N, sums);
     case 3: return gradient_block<3>(rows, pair_grad.data(), start, i0, N, sums);
     case 4: return gradient_block<4>(rows, pair_grad.data(), start, i0, N, sums);
-    default: return gradient_columns(rows, s.Dp, pair_grad.data(), start, i0, N, sums);
+    default: return gradient_columns(s, pair_grad, start, i0, N);
   }
 }
 #else
-// Gradients of vectors i0 .. i0 + kGradRows - 1 as the AVX-512 build sums them (over j ascending, one
-// fused multiply-add each, on top of `start` for vector 0), 8 columns at a time.
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
                    int64_t) {
-  const int64_t Dp = s.Dp;
-  const float* rows = s.rows.data();
-  float* coefs = s.coefs.data();  // [j][r]: read once per column block below
-  for (int64_t j = 0; j < N; ++j)
-    for (int r = 0; r < kGradRows; ++r) coefs[j * kGradRows + r] = coefficient(pair_grad.data(), N, i0 + r, j);
-  for (int64_t c = 0; c < Dp; c += 8) {
-    __m256 acc[kGradRows];
-    for (int r = 0; r < kGradRows; ++r) acc[r] = i0 == 0 && r == 0 ? _mm256_loadu_ps(start + c) : _mm256_setzero_ps();
-    for (int64_t j = 0; j < N; ++j) {
-      const __m256 xj = _mm256_loadu_ps(rows + j * Dp + c);
-      for (int r = 0; r < kGradRows; ++r)
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(coefs[j * kGradRows + r]), xj, acc[r]);
-    }
-    for (int r = 0; r < kGradRows; ++r) _mm256_storeu_ps(s.sums.data() + r * Dp + c, acc[r]);
-  }
+  gradient_columns(s, pair_grad, start, i0, N);
 }
 #endif
 #else
