@@ -250,6 +250,7 @@ class TrainConfig:
     cpu_mlp: str = "auto"  # MLP layers' bias + ReLU on CPU: native (one pass around each GEMM), torch, auto
     cpu_gemm: str = "auto"  # fp32 GEMMs of those layers on CPU: torch (MKL), openblas (numpy's), auto (openblas on AMD)
     cpu_keep_freed_memory: bool = True  # on CPU, freed host blocks < 1 GiB are reused, not returned to the OS
+    cpu_huge_pages: bool = True  # on CPU, the tables' host memory in 2 MiB pages (Linux transparent huge pages)
     compile: bool = False  # compile the dense part (bottom MLP, interaction, top MLP) with torch.compile
     best_metric: str = ""  # what "best evaluation" means; empty = the task's: ne (ranking), recall_at_100 (retrieval)
     early_stop_patience: int = 0  # > 0: stop after this many evaluations without a better best_metric

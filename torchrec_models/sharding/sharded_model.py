@@ -11,7 +11,7 @@ from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
 from torchrec_models.kernels import cpu_gemm, dot_interaction, linear_relu, pooled_lookup, rowwise_adagrad
-from torchrec_models.runtime import host_memory, local_group
+from torchrec_models.runtime import host_memory, huge_pages, local_group
 from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
 from torchrec_models.sharding.planner import PlanResult, make_plan, make_sharders
@@ -57,6 +57,7 @@ def build_sharded_model(
         sharders=make_sharders(cfg, extend_cpu=True, device_type=env.device.type),
     )
     init_tables(dmp, table_names(cfg.model.num_sparse_features), cfg.train.seed)
+    huge_pages.apply(dmp, cfg.train.cpu_huge_pages, env.device.type)
     return dmp, planned
 
 
