@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY
+from torchrec_models import runinfo
 from torchrec_models.config import load_config
 from torchrec_models.runtime import huge_pages
 from torchrec_models.runtime.distributed import process_group
@@ -82,3 +83,11 @@ def test_cuda_runs_and_runs_that_opt_out_are_left_alone(monkeypatch) -> None:
     monkeypatch.setattr(huge_pages, "back_with_huge_pages", lambda storages: pytest.fail("advised"))
     assert huge_pages.apply(torch.nn.Linear(2, 2), True, "cuda") == 0
     assert huge_pages.apply(torch.nn.Linear(2, 2), False, "cpu") == 0
+
+
+def test_the_machine_record_names_the_huge_page_mode(tmp_path: Path) -> None:
+    sysfs = tmp_path / "enabled"
+    sysfs.write_text("always [madvise] never\n")
+    assert runinfo.transparent_huge_pages(str(sysfs)) == "madvise"
+    assert runinfo.transparent_huge_pages(str(tmp_path / "absent")) is None
+    assert "transparent_huge_pages" in runinfo.hardware()

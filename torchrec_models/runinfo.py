@@ -78,11 +78,23 @@ def cpu_features() -> str:
             f"{torch.backends.cpu.get_cpu_capability()}, bf16: {'+'.join(bf16) or 'none'}")
 
 
+def transparent_huge_pages(path: str = "/sys/kernel/mm/transparent_hugepage/enabled") -> str | None:
+    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), None where
+    there is none: ``train.cpu_huge_pages`` needs one other than ``never``."""
+    try:
+        with open(path) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    chosen = [w.strip("[]") for w in words if w.startswith("[")]
+    return chosen[0] if chosen else None
+
+
 def hardware() -> dict[str, object]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu_model(), "cpu_features": cpu_features(), "cores": cores, "gpu": gpu,
-            "gpu_count": torch.cuda.device_count()}
+            "gpu_count": torch.cuda.device_count(), "transparent_huge_pages": transparent_huge_pages()}
 
 
 def peak_rss_bytes() -> int:
