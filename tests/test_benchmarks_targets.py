@@ -77,3 +77,10 @@ def test_without_bf16_rows_the_best_precision_is_fp32():
 def test_pairs_below_one_are_refused(capsys):
     assert main(["targets", "--out", "/tmp/unused-targets", "--pairs", "0"]) == 2
     assert "--pairs" in capsys.readouterr().err
+
+
+def test_a_share_above_the_gemm_rate_is_a_disturbed_probe_not_a_pass():
+    targets = evaluate(_records(fp32_share=1.47), _ratios(), matrix_units=False)
+    share = {t.name: t for t in targets}["Criteo 1 x 4096 fp32 >= 60% of the fp32 GEMM rate"]
+    assert share.met is None and "rate probe was slowed" in share.measured
+    assert "| 147%: above the GEMM rate itself" in format_targets(targets, "m")
