@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks import busy
 from benchmarks.compare import load_results
 from benchmarks.record import measured
 
@@ -102,6 +103,12 @@ def _core_pace(ceilings: dict[str, float]) -> str:
             "move at the slowest core's pace, independent processes at each one's own.")
 
 
+def _busy(ceilings: dict[str, float]) -> str:
+    """A warning when other processes used the CPU as the run started (``benchmarks.busy``)."""
+    line = busy.warning(ceilings.get("busy_cores_at_start"))
+    return f" **Warning: {line}.**" if line else ""
+
+
 def write_report(directory: Path) -> Path:
     latest: dict[str, dict[str, Any]] = {}  # a rerun row replaces its earlier record
     for line in (directory / "results.jsonl").read_text().splitlines():
@@ -126,7 +133,7 @@ def write_report(directory: Path) -> Path:
         f"bf16 GEMM {ceil['gemm_bf16_gflops']:.0f} GFLOP/s, copy {ceil['copy_gbps']:.1f} GB/s"
         + (f", embedding (TBE) forward {ceil['tbe_forward_gbps']:.1f} GB/s "
            f"({100 * ceil['tbe_forward_fraction_of_copy']:.0f}% of copy)." if "tbe_forward_gbps" in ceil else ".")
-        + _fresh_pages(ceil) + _core_pace(ceil), "",
+        + _fresh_pages(ceil) + _core_pace(ceil) + _busy(ceil), "",
         "ex/s: median over measured windows after warm-up (p10-p90 in brackets). MiB/rank: peak RSS above the "
         "process's pre-build baseline on CPU, peak allocated on GPU; est.: the planner's per-rank estimate "
         "(DDR on CPU, HBM on GPU). GEMM % step: training FLOPs x ex/s over the GEMM ceiling of the row's "

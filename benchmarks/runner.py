@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-from benchmarks import roofline
+from benchmarks import busy, roofline
 from benchmarks.core_pace import measure_core_pace
 from benchmarks.host_memory import fresh_page_fill_gbps
 from benchmarks.record import build_record
@@ -83,7 +83,12 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
     rows = select_rows(name, only)
     device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
+    others = busy.busy_cores()
+    if busy.warning(others):
+        print(f"warning: {busy.warning(others)}", file=sys.stderr, flush=True)
     ceilings = roofline.machine_ceilings(device)
+    if others is not None:
+        ceilings["busy_cores_at_start"] = others
     ceilings["fresh_page_fill_gbps"] = fresh_page_fill_gbps()
     if device == "cpu":
         ceilings.update(measure_core_pace() or {})

@@ -9,6 +9,7 @@ ratio inside this one run, so machines compare by verdict, not by examples per s
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -90,9 +91,11 @@ def evaluate(records: dict[str, dict[str, Any]], ratios: dict[str, dict[str, Any
     return targets
 
 
-def format_targets(targets: list[Target], machine: str) -> str:
+def format_targets(targets: list[Target], machine: str, warning: str | None = None) -> str:
     verdicts = {True: "met", False: "**not met**", None: "-"}
-    lines = [f"# CPU speed targets\n\nMachine: {machine}\n", "| target | this run | verdict |", "| --- | --- | --- |"]
+    lines = [f"# CPU speed targets\n\nMachine: {machine}\n"]
+    lines += [f"**Warning: {warning}.**\n"] if warning else []
+    lines += ["| target | this run | verdict |", "| --- | --- | --- |"]
     lines += [f"| {t.name} | {t.measured} | {verdicts[t.met]} |" for t in targets]
     return "\n".join(lines) + "\n"
 
@@ -103,6 +106,7 @@ def _machine_line(hardware: dict[str, Any], sha: str) -> str:
 
 def run_targets(out: Path, pairs: int, prices: dict[str, float]) -> list[Target]:
     """Measures the rows and the two-rank ratios into ``out``; writes and returns the targets."""
+    from benchmarks import busy
     from benchmarks.ratio import run_ratio, unfit_reason
     from benchmarks.runner import run_suite
     from benchmarks.suites import SUITES
@@ -116,5 +120,7 @@ def run_targets(out: Path, pairs: int, prices: dict[str, float]) -> list[Target]
             ratios[precision] = run_ratio(rows[one], rows[two], pairs, "cpu", out)
     hardware = runinfo.hardware()
     targets = evaluate(records, ratios, has_matrix_units(hardware))
-    (out / "targets.md").write_text(format_targets(targets, _machine_line(hardware, runinfo.git_sha())))
+    ceilings = json.loads((out / "machine.json").read_text())["ceilings"]
+    warning = busy.warning(ceilings.get("busy_cores_at_start"))
+    (out / "targets.md").write_text(format_targets(targets, _machine_line(hardware, runinfo.git_sha()), warning))
     return targets
