@@ -8,7 +8,8 @@ moves their pages into huge ones at once, and ``MADV_HUGEPAGE`` keeps pages faul
 Only whole 2 MiB pages inside each storage are touched; memory use does not change.
 
 On a 2-core AMD EPYC (Zen 4) `benchmarks ab` read 1.008-1.019x on the Criteo preset at 1 x 4096
-(fp32 and bf16, both arm orders), 1.014x at 2 x 2048 bf16 and 1.019x on the embedding-heavy shape.
+(fp32 and bf16, both arm orders), 1.014x at 2 x 2048 bf16 and 1.019x on the embedding-heavy shape
+with row-wise Adagrad; within noise at 2 x 2048 fp32 and embedding-heavy SGD.
 The cost is paid once, at start: the kernel copies the tables, about 2.3 s per GB here. Where host
 memory is too fragmented for 2 MiB pages the collapse fails and the tables stay as they were.
 """
