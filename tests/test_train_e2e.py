@@ -60,7 +60,16 @@ def test_profile_writes_a_trace_per_rank(run_dir: Path) -> None:
         trace = json.loads((profile / f"rank{rank}.pt.trace.json").read_text())
         names = {e.get("name", "") for e in trace["traceEvents"]}
         assert any("mm" in n for n in names) and any("embedding" in n for n in names)
-        assert "Self CPU" in (profile / f"top_ops_rank{rank}.txt").read_text()
+        summary = (profile / f"top_ops_rank{rank}.txt").read_text()
+        assert "Self CPU" in summary and "page faults: " in summary and " a step while profiled" in summary
+
+
+def test_the_profile_summary_flags_steps_that_fault_in_fresh_pages() -> None:
+    from torchrec_models.train.profiling import fault_note
+
+    assert fault_note(40, 5) == "page faults: 8 a step while profiled"
+    busy = fault_note(5 * 6500, 5)
+    assert busy.startswith("page faults: 6,500 a step while profiled (about 25 MiB of fresh pages")
 
 
 def _fail_with_a_bug(marker: str) -> None:
