@@ -84,8 +84,8 @@ def run_suite(name: str, out_dir: Path, repeat: int, prices: dict[str, float],
     device = "cuda" if name == "gpu" and torch.cuda.is_available() else "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
     others = busy.busy_cores()
-    if busy.warning(others):
-        print(f"warning: {busy.warning(others)}", file=sys.stderr, flush=True)
+    if line := busy.warning(others):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     ceilings = roofline.machine_ceilings(device)
     if others is not None:
         ceilings["busy_cores_at_start"] = others
