@@ -106,6 +106,8 @@ def test_hash_coords_broadcasts() -> None:
     (),
     ("model.num_embeddings_per_feature=[20000000,10,300,5]", "model.multi_hot_sizes=[3,1,3,7]"),  # scores hashed
     ("model.num_embeddings_per_feature=[100,200,300,400]", "model.multi_hot_sizes=[2,9,2,1]"),
+    ("model.num_embeddings_per_feature=[100,200,300,400]", "model.multi_hot_sizes=[5,5,5,5]"),  # one pooling: a transpose
+    ("model.num_embeddings_per_feature=[100,200,300,400]", "model.multi_hot_sizes=[1,1,1,1]"),
 ])
 def test_one_grid_draw_matches_the_per_pooling_draw(overrides: tuple[str, ...]) -> None:
     data = _data(*overrides)

@@ -221,7 +221,13 @@ class _SlotLayout:
         if rows not in self._by_rows:
             self._by_rows[rows] = self._key_major_index(rows, ids.device)
         index, lengths = self._by_rows[rows]
-        return ids.reshape(-1).index_select(0, index), lengths, [rows * p for p in self.pooling]
+        per_key = [rows * p for p in self.pooling]
+        if self.one_group_in_feature_order and self.pooling[0] > 1:
+            # one pooling size: key-major is the grid's transpose, a copy of runs of ``pooling`` ids
+            # (2048 rows x 8 features x 100: 0.6 ms against the gather's 2.9; one-hot: no faster)
+            grid = ids.view(rows, len(self.pooling), self.pooling[0])
+            return grid.transpose(0, 1).reshape(-1), lengths, per_key
+        return ids.reshape(-1).index_select(0, index), lengths, per_key
 
     def _key_major_index(self, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each key-major value sits in the flattened [rows, slots] grid, and the lengths."""
