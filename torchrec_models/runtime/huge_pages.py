@@ -55,10 +55,12 @@ def huge_page_span(address: int, nbytes: int) -> tuple[int, int] | None:
 def back_with_huge_pages(storages: Iterable[torch.UntypedStorage]) -> int:
     """Asks the kernel to back these storages with huge pages; returns the bytes it collapsed."""
     madvise = _madvise()
+    if madvise is None:
+        return 0
     collapsed = 0
     for storage in storages:
         span = huge_page_span(storage.data_ptr(), storage.nbytes())
-        if madvise is None or span is None:
+        if span is None:
             continue
         if madvise(span[0], span[1], MADV_HUGEPAGE) != 0 or madvise(span[0], span[1], MADV_COLLAPSE) != 0:
             log.info("huge pages refused for %d MiB of tables (errno %d): they stay in 4 KiB pages",
