@@ -36,6 +36,7 @@ DEVICES = ("auto", "cpu", "cuda")
 EMBEDDING_DTYPES = ("fp32", "fp16")
 QCOMMS = ("none", "fp16", "bf16")
 CPU_TRANSPORTS = ("auto", "shm", "gloo")
+CPU_POOLED_ALL_TO_ALL = ("auto", "torchrec")
 
 
 class ConfigError(ValueError):
@@ -199,6 +200,7 @@ class ShardingConfig:
     cache_load_factor: float = 0.2  # fused_uvm_caching: fraction of each table's rows cached in HBM
     qcomm: str = "none"  # precision of the embedding all-to-all / reduce-scatter: none, fp16, bf16
     cpu_transport: str = "auto"  # CPU ranks' all-to-all and all-reduce: auto (shm on one host), shm, gloo
+    cpu_pooled_all_to_all: str = "auto"  # pooled embeddings over shm: auto (moved in the step's layouts), torchrec
     cpu_balance: bool = False  # CPU ranks take shares of each global batch in proportion to their pace
     cpu_balance_every: int = 4  # steps between share updates
 
@@ -217,6 +219,7 @@ class ShardingConfig:
             raise ConfigError("sharding.cache_load_factor", f"must be in (0, 1], got {self.cache_load_factor}")
         _check_choice("sharding.qcomm", self.qcomm, QCOMMS)
         _check_choice("sharding.cpu_transport", self.cpu_transport, CPU_TRANSPORTS)
+        _check_choice("sharding.cpu_pooled_all_to_all", self.cpu_pooled_all_to_all, CPU_POOLED_ALL_TO_ALL)
         if self.cpu_balance_every < 1:
             raise ConfigError("sharding.cpu_balance_every", f"must be >= 1, got {self.cpu_balance_every}")
         if self.cpu_balance and self.cpu_transport == "gloo":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -107,17 +108,13 @@ class LocalShmGroup(dist.ProcessGroup):
                 parts[peer] = (start, length)
             return parts
 
-        def finish(parts: dict[int, tuple[int, int]]) -> None:
-            for peer, (start, length) in parts.items():
-                expected = out_rows[peer] * out_row
-                if length != expected:
-                    raise RuntimeError(f"all-to-all: rank {peer} sent {length} bytes, rank {rank} expected {expected}")
-                peer_slot = self._transport.peer_bytes(peer, pending.seq, start + length)
-                dst[out_starts[peer]:out_starts[peer] + length].copy_(peer_slot[start:start + length])
+        def take(peer: int, part: torch.Tensor) -> None:
+            dst[out_starts[peer]:out_starts[peer] + part.numel()].copy_(part)
 
         own = out_rows[rank] * out_row
         dst[out_starts[rank]:out_starts[rank] + own].copy_(src[in_starts[rank]:in_starts[rank] + own])
-        pending = self._transport.post(fill, src.numel(), finish)
+        expected = {peer: out_rows[peer] * out_row for peer in self._transport.peers}
+        pending = self.post(fill, src.numel(), take, expected)
         return _PostedWork(self._transport, pending, output)
 
     def allreduce(self, tensors, opts=None):
@@ -132,12 +129,14 @@ class LocalShmGroup(dist.ProcessGroup):
             slot[:nbytes].copy_(data)
             return {peer: (0, nbytes) for peer in self._transport.peers}
 
-        def finish(parts: dict[int, tuple[int, int]]) -> None:
-            views = {peer: self._transport.peer_bytes(peer, pending.seq, nbytes)[:nbytes]
-                     .view(tensor.dtype).view(tensor.shape) for peer in parts}
-            views[self.rank()] = tensor
+        views = {self.rank(): tensor}
+
+        def take(peer: int, part: torch.Tensor) -> None:
+            views[peer] = part.view(tensor.dtype).view(tensor.shape)
+            if len(views) < self.size():
+                return
             if self.size() == 2:  # a + b == b + a: both ranks add in place
-                tensor.add_(views[1 - self.rank()])
+                tensor.add_(views[peer])
                 return
             total = self._scratch(tensor)
             total.copy_(views[0])
@@ -145,9 +144,33 @@ class LocalShmGroup(dist.ProcessGroup):
                 total += views[r]
             tensor.copy_(total)
 
-        pending = self._transport.post(fill, nbytes, finish)
+        pending = self.post(fill, nbytes, take, {peer: nbytes for peer in self._transport.peers})
         self._transport.complete(pending)
         return _done([tensor])
+
+    def peers(self) -> list[int]:
+        return self._transport.peers
+
+    def post(self, fill: Callable[[torch.Tensor], dict[int, tuple[int, int]]], nbytes: int,
+             take: Callable[[int, torch.Tensor], None], expected: dict[int, int]) -> shm_transport.Pending:
+        """Posts an exchange: ``fill(slot)`` writes this rank's parts into ``nbytes`` of its slot
+        and returns, per peer, the (offset, length) that peer reads; once the peers' messages are
+        in, ``take(peer, part)`` gets each peer's part for this rank, which must be
+        ``expected[peer]`` bytes long. Completed, in issue order, by ``complete``."""
+        rank = self.rank()
+
+        def finish(parts: dict[int, tuple[int, int]]) -> None:
+            for peer, (start, length) in parts.items():
+                if length != expected[peer]:
+                    raise RuntimeError(f"shared-memory exchange: rank {peer} sent {length} bytes, "
+                                       f"rank {rank} expected {expected[peer]}")
+                take(peer, self._transport.peer_bytes(peer, pending.seq, start + length)[start:start + length])
+
+        pending = self._transport.post(fill, nbytes, finish)
+        return pending
+
+    def complete(self, pending: shm_transport.Pending) -> None:
+        self._transport.complete(pending)
 
     def _scratch(self, like: torch.Tensor) -> torch.Tensor:
         """A reused buffer for ordered sums (fresh allocations page-fault on every call)."""

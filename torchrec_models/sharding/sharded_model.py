@@ -11,7 +11,7 @@ from torchrec.distributed.types import ShardingEnv
 
 from torchrec_models.config import Config, table_names
 from torchrec_models.kernels import cpu_gemm, dot_interaction, linear_relu, pooled_lookup, rowwise_adagrad
-from torchrec_models.runtime import host_memory, huge_pages, local_group
+from torchrec_models.runtime import host_memory, huge_pages, local_group, pooled_all_to_all
 from torchrec_models.runtime.distributed import DistEnv, set_dense_math
 from torchrec_models.models import build_model, compile_dense_parts
 from torchrec_models.sharding.planner import PlanResult, make_plan, make_sharders
@@ -56,6 +56,7 @@ def build_sharded_model(
         plan=planned.plan,
         sharders=make_sharders(cfg, extend_cpu=True, device_type=env.device.type),
     )
+    pooled_all_to_all.install(dmp, cfg.sharding.cpu_pooled_all_to_all)
     init_tables(dmp, table_names(cfg.model.num_sparse_features), cfg.train.seed)
     huge_pages.apply(dmp, cfg.train.cpu_huge_pages, env.device.type)
     return dmp, planned
@@ -64,3 +65,10 @@ def build_sharded_model(
 def training_process_group(dmp: DistributedModelParallel) -> dist.ProcessGroup | None:
     """The group the sharded model's collectives run in (the one ``build_sharded_model`` chose)."""
     return dmp._env.process_group
+
+
+def collectives_summary(dmp: DistributedModelParallel) -> dict[str, str]:
+    """The group's backend and which all-to-all moves the pooled embeddings."""
+    group = training_process_group(dmp)
+    backend = group.getBackendName() if group is not None else "none"
+    return {"group": backend, "pooled_all_to_all": pooled_all_to_all.describe(dmp)}

@@ -17,7 +17,7 @@ from torchrec_models.config import Config
 from torchrec_models.data.source import make_source
 from torchrec_models.runtime.distributed import DistEnv
 from torchrec_models.runtime.precision_support import precision_warning
-from torchrec_models.sharding.sharded_model import build_sharded_model, training_process_group
+from torchrec_models.sharding.sharded_model import build_sharded_model, collectives_summary, training_process_group
 from torchrec_models.sharding.planner import describe_plan, format_plan
 from torchrec_models.train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from torchrec_models.train.balance import balanced_batches, make_balancer
@@ -252,6 +252,7 @@ class Trainer:
             "hardware": runinfo.hardware(),
             "device": str(self.env.device),
             "backend": self.env.backend,
+            "collectives": collectives_summary(self.model),
         }
 
     def _hashed_ids(self) -> dict[str, int] | None:
