@@ -55,6 +55,9 @@ def cpu() -> list[Row]:
                   world_size=2, sharding="planner", lever="cpu_balance") for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/{p}/gloo_transport", CRITEO, f"train.precision={p}", "sharding.cpu_transport=gloo",
                   world_size=2, sharding="planner", lever="cpu_transport") for p in ("fp32", "bf16")]
+    rows += [_row(f"criteo/ws2/{p}/torchrec_all_to_all", CRITEO, f"train.precision={p}",
+                  "sharding.cpu_pooled_all_to_all=torchrec", world_size=2, sharding="planner",
+                  lever="cpu_pooled_all_to_all") for p in ("fp32", "bf16")]
     rows += [_row(f"criteo/ws2/fp32/{t}", CRITEO, f"sharding.type={t}", world_size=2, sharding=t) for t in CPU_TYPES]
     rows += [_row(f"criteo/ws2/fp32/table_wise/adagrad/{k}_kernel", CRITEO, "sharding.type=table_wise",
                   f"sharding.kernel={k}", "train.embedding_optimizer=adagrad", world_size=2, sharding="table_wise")

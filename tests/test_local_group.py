@@ -149,6 +149,9 @@ def test_two_ranks_train_the_same_bits_over_shared_memory_as_over_gloo(tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         runs[transport] = read_jsonl(run_dir / "metrics.jsonl")
         assert json.loads((run_dir / "config.json").read_text())["sharding"]["cpu_transport"] == transport
+        assert json.loads((run_dir / "summary.json").read_text())["collectives"] == (
+            {"group": local_group.BACKEND, "pooled_all_to_all": "shm_direct"} if transport == "shm"
+            else {"group": "gloo", "pooled_all_to_all": "torchrec"})
     timing = {"examples_per_sec", "elapsed_s"}
     curves = {t: [{k: v for k, v in r.items() if k not in timing} for r in rows] for t, rows in runs.items()}
     assert [r["kind"] for r in curves["shm"]].count("eval") == 2 and len(curves["shm"]) >= 8

@@ -70,5 +70,5 @@ def training_process_group(dmp: DistributedModelParallel) -> dist.ProcessGroup |
 def collectives_summary(dmp: DistributedModelParallel) -> dict[str, str]:
     """The group's backend and which all-to-all moves the pooled embeddings."""
     group = training_process_group(dmp)
-    backend = group.getBackendName() if group is not None else "none"
+    backend = str(dist.get_backend(group)) if group is not None and dist.is_initialized() else "none"
     return {"group": backend, "pooled_all_to_all": pooled_all_to_all.describe(dmp)}
