@@ -85,13 +85,15 @@ def test_installed_only_over_shared_memory() -> None:
         assert r["changed"] == 0 and r["shm"] == "PooledEmbeddingsAllToAll"
 
 
-def test_a_training_is_unchanged(tmp_path) -> None:
+def test_a_column_wise_training_is_unchanged(tmp_path) -> None:
+    """Column-wise tables (torchrec's output dist with its permuting callbacks); table-wise ones
+    are compared with gloo's all-to-all in test_local_group."""
     losses = {}
     for choice in ("auto", "torchrec"):
         run_dir = tmp_path / choice
         run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(run_dir),
                 "--set", "train.steps=40", "--set", "train.eval_every=0", "--set", "train.log_every=10",
-                "--set", "sharding.type=table_wise", "--set", f"sharding.cpu_pooled_all_to_all={choice}")
+                "--set", "sharding.type=column_wise", "--set", f"sharding.cpu_pooled_all_to_all={choice}")
         losses[choice] = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "train"]
         collectives = json.loads((run_dir / "summary.json").read_text())["collectives"]
         assert collectives == {"group": local_group.BACKEND,
