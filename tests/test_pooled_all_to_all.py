@@ -59,6 +59,36 @@ def test_same_values_and_gradients_as_torchrec(world, widths, batches, dtype, di
         assert r["grad_nonzero"] or widths[rank] == 0
 
 
+def _requests_left(train: bool) -> int:
+    """How many exchanges are still alive after their step, with the cyclic collector off (a
+    reference cycle would keep each one's tensors until a collection)."""
+    import gc
+    import weakref
+
+    with process_group("cpu") as env:
+        group = local_group.new_local_group()
+        a2a = pooled_all_to_all.ShmPooledAllToAll(group, [8] * env.world_size)
+        alive = []
+        gc.disable()
+        try:
+            for _ in range(3):
+                pooled = torch.randn(4 * env.world_size, 8, requires_grad=train)
+                awaitable = a2a(pooled)
+                alive.append(weakref.ref(awaitable._tensor_awaitable))
+                result = awaitable.wait()
+                if train:
+                    result.sum().backward()
+                del pooled, awaitable, result
+            return sum(ref() is not None for ref in alive)
+        finally:
+            gc.enable()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_finished_exchange_is_freed_at_once(train: bool) -> None:
+    assert all(left == 0 for left in launch_local(_requests_left, (train,), 2).values())
+
+
 class _Holder(nn.Module):
     def __init__(self, dist_module: nn.Module) -> None:
         super().__init__()
@@ -74,12 +104,14 @@ def _install(choice: str) -> dict:
         pooled = torch.full((4, 8), float(env.rank))
         result = over_shm.output_dist(pooled).wait()  # the dist module's own call path
         return {"changed": changed, "shm": type(over_shm.output_dist._dist).__name__,
+                "variable": type(over_shm.output_dist._variable_dist).__name__,
                 "gloo": over_gloo.output_dist._dist is None, "result": result.tolist()}
 
 
 def test_installed_only_over_shared_memory() -> None:
     for rank, r in launch_local(_install, ("auto",), 2).items():
         assert r["changed"] == 1 and r["shm"] == "ShmPooledAllToAll" and r["gloo"]
+        assert r["variable"] == "VariableBatchPooledEmbeddingsAllToAll"  # torchrec's, for variable batches
         assert r["result"] == [[0.0] * 8 + [1.0] * 8] * 2  # rank 0's columns, then rank 1's
     for r in launch_local(_install, ("torchrec",), 2).values():
         assert r["changed"] == 0 and r["shm"] == "PooledEmbeddingsAllToAll"

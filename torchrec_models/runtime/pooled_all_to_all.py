@@ -18,6 +18,7 @@ from torch import nn
 from torch.autograd import Function
 from torchrec.distributed import comm_ops
 from torchrec.distributed.dist_data import PooledEmbeddingsAwaitable
+from torchrec.distributed.embedding_sharding import EmbeddingShardingContext
 from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist
 from torchrec.distributed.types import Awaitable
 
@@ -67,7 +68,8 @@ class _Request(Awaitable[torch.Tensor]):
         self.link: torch.Tensor | None = None  # ties the wait to the post in the autograd graph
 
     def _wait_impl(self) -> torch.Tensor:
-        return _Wait.apply(self, self.link)
+        link, self.link = self.link, None  # the link's graph node refers back to this request
+        return _Wait.apply(self, link)
 
     def post_forward(self, pooled: torch.Tensor) -> None:
         """Sends each peer its rows of this rank's pooled output; fills this rank's own columns."""
@@ -212,6 +214,8 @@ def install(model: nn.Module, choice: str) -> int:
     for module in _output_dists(model):
         if isinstance(module, TwPooledEmbeddingDist) and isinstance(module._pg, LocalShmGroup) \
                 and module._codecs is None and module._dist is None:
+            # torchrec's own modules first, so batches of variable size per feature keep its path
+            module._create_output_dist_module(EmbeddingShardingContext(variable_batch_per_feature=True))
             module._dist = ShmPooledAllToAll(module._pg, module._dim_sum_per_rank, module._callbacks)
             changed += 1
     return changed
