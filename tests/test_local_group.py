@@ -55,6 +55,17 @@ def _collectives() -> dict:
         scattered = torch.empty(1)
         dist.reduce_scatter_tensor(scattered, torch.arange(float(world)) * (rank + 1), group=shm)
         result.update(max=top.item(), gathered=gathered.tolist(), scattered=scattered.item())
+        for dtype in (torch.float32, torch.bfloat16):  # what row-wise tables exchange, fwd and bwd
+            part = torch.randn(33, 5, generator=torch.Generator().manual_seed(rank)).to(dtype)
+            by = {name: (torch.empty(world * 33, 5, dtype=dtype), torch.empty(33, 5, dtype=dtype))
+                  for name in ("shm", "gloo")}
+            for name, group in (("shm", shm), ("gloo", gloo)):
+                gathered_rows, summed = by[name]
+                dist.all_gather_into_tensor(gathered_rows, part, group=group)
+                work = dist.reduce_scatter_tensor(summed, gathered_rows * (rank + 1), group=group, async_op=True)
+                work.wait()
+            result[f"gather_{dtype}"] = torch.equal(by["shm"][0], by["gloo"][0])
+            result[f"scatter_{dtype}"] = by["shm"][1], by["gloo"][1]
         dist.barrier(group=shm)
         result["shm_entries"] = sorted(n for n in os.listdir("/dev/shm") if n.startswith(shm_transport.DIR_PREFIX))
         return result
@@ -71,6 +82,13 @@ def test_matches_gloo_and_leaves_nothing_behind(world: int) -> None:
         assert r["scattered"] == sum(r["rank"] * (k + 1) for k in range(world))
         assert r["shm_entries"] == []  # names removed once every rank had them open
         assert torch.equal(r["sum"], ranks[0]["sum"])  # every rank holds the same bits
+        for dtype in (torch.float32, torch.bfloat16):
+            assert r[f"gather_{dtype}"]
+            ours, gloos = r[f"scatter_{dtype}"]
+            if world == 2:  # a + b: exactly what gloo computes
+                assert torch.equal(ours, gloos)
+            else:
+                torch.testing.assert_close(ours, gloos, rtol=0.02, atol=0.05)
     if world == 2:  # a + b: exactly what gloo computes
         assert torch.equal(ranks[0]["sum"], ranks[0]["sum_gloo"])
     else:
@@ -139,19 +157,21 @@ def test_a_small_dev_shm_sends_the_slots_to_the_temp_directory(monkeypatch, tmp_
     assert not os.path.exists(path)
 
 
-def test_two_ranks_train_the_same_bits_over_shared_memory_as_over_gloo(tmp_path) -> None:
+@pytest.mark.parametrize("sharding", ["planner", "row_wise"])  # all-to-alls; reduce-scatters and all-gathers
+def test_two_ranks_train_the_same_bits_over_shared_memory_as_over_gloo(tmp_path, sharding: str) -> None:
     runs = {}
+    forced = [] if sharding == "planner" else [f"sharding.type={sharding}"]
     for transport in ("shm", "gloo"):
         run_dir = tmp_path / transport
         out = run_cli("train", "--config", TINY, "--nproc-per-node", "2", "--run-dir", str(run_dir), "--set",
                       "train.steps=60", "train.eval_every=30", "train.log_every=10", "train.precision=bf16",
-                      f"sharding.cpu_transport={transport}")
+                      f"sharding.cpu_transport={transport}", *forced)
         assert out.returncode == 0, out.stderr[-3000:]
         runs[transport] = read_jsonl(run_dir / "metrics.jsonl")
         assert json.loads((run_dir / "config.json").read_text())["sharding"]["cpu_transport"] == transport
-        assert json.loads((run_dir / "summary.json").read_text())["collectives"] == (
-            {"group": local_group.BACKEND, "pooled_all_to_all": "shm_direct"} if transport == "shm"
-            else {"group": "gloo", "pooled_all_to_all": "torchrec"})
+        pooled = "none" if sharding == "row_wise" else "shm_direct" if transport == "shm" else "torchrec"
+        assert json.loads((run_dir / "summary.json").read_text())["collectives"] == {
+            "group": local_group.BACKEND if transport == "shm" else "gloo", "pooled_all_to_all": pooled}
     timing = {"examples_per_sec", "elapsed_s"}
     curves = {t: [{k: v for k, v in r.items() if k not in timing} for r in rows] for t, rows in runs.items()}
     assert [r["kind"] for r in curves["shm"]].count("eval") == 2 and len(curves["shm"]) >= 8

@@ -1,11 +1,12 @@
-"""A process group for CPU ranks on one host: all-to-all and all-reduce through shared memory.
+"""A process group for CPU ranks on one host: the step's collectives through shared memory.
 
-The two collectives a sharded step repeats (the embeddings' all-to-all and DDP's gradient
-all-reduce) skip the loopback TCP stack; everything else (broadcasts, gathers, barriers, other
-reductions) goes to a gloo group underneath. An all-to-all copies this rank's payload into its
-slot when issued and the peers' parts out when waited on, so compute between the two overlaps
-the peers' arrival. An all-reduce sums in rank order, the same bits on every rank (for two ranks,
-the bits gloo produces).
+The collectives a sharded step repeats (the embeddings' all-to-all, or for row-wise tables their
+reduce-scatter and its all-gather backward, and DDP's gradient all-reduce) skip the loopback TCP
+stack; everything else (broadcasts, barriers, object gathers, other reductions) goes to a gloo
+group underneath. A collective copies this rank's payload into its slot when issued and the
+peers' parts out when waited on, so compute between the two overlaps the peers' arrival. Sums
+are taken in rank order: an all-reduce leaves the same bits on every rank, and for two ranks
+every sum is the one gloo produces.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def _as_bytes(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class LocalShmGroup(dist.ProcessGroup):
-    """gloo for everything, except all-to-all and sum all-reduce of CPU tensors: shared memory."""
+    """gloo for everything, except all-to-all, all-gather and the sum all-reduce and reduce-scatter
+    of CPU tensors: shared memory."""
 
     def __init__(self, store: dist.Store, rank: int, size: int, timeout: timedelta) -> None:
         super().__init__(rank, size)
@@ -187,12 +189,45 @@ class LocalShmGroup(dist.ProcessGroup):
         _LIVE.discard(self)
         self._transport.close()
 
-    # everything else: gloo (the single-tensor gathers under the names the Python API calls)
+    # the single-tensor gathers, under the names the Python API calls: shared memory for CPU tensors
     def all_gather_single(self, output, input, opts=None):
-        return self._gloo._allgather_base(output, input, opts or dist.AllgatherOptions())
+        if not _shm_eligible(output, input) or output.numel() != input.numel() * self.size():
+            return self._gloo._allgather_base(output, input, opts or dist.AllgatherOptions())
+        src, dst, nbytes = _as_bytes(input), _as_bytes(output), input.numel() * input.element_size()
+
+        def fill(slot: torch.Tensor) -> dict[int, tuple[int, int]]:
+            slot[:nbytes].copy_(src)
+            return {peer: (0, nbytes) for peer in self._transport.peers}
+
+        def take(peer: int, part: torch.Tensor) -> None:
+            dst[peer * nbytes:(peer + 1) * nbytes].copy_(part)
+
+        dst[self.rank() * nbytes:(self.rank() + 1) * nbytes].copy_(src)
+        pending = self.post(fill, nbytes, take, {peer: nbytes for peer in self._transport.peers})
+        return _PostedWork(self._transport, pending, output)
 
     def reduce_scatter_single(self, output, input, opts=None):
-        return self._gloo._reduce_scatter_base(output, input, opts or dist.ReduceScatterOptions())
+        opts = opts or dist.ReduceScatterOptions()
+        if opts.reduceOp != dist.ReduceOp.SUM or not _shm_eligible(output, input) or self.size() == 1 \
+                or input.numel() != output.numel() * self.size():
+            return self._gloo._reduce_scatter_base(output, input, opts)
+        src, nbytes = _as_bytes(input), output.numel() * output.element_size()
+        own = input.reshape(self.size(), -1)[self.rank()].view(output.shape)
+        parts = {self.rank(): own}
+
+        def fill(slot: torch.Tensor) -> dict[int, tuple[int, int]]:
+            for peer in self._transport.peers:
+                slot[peer * nbytes:(peer + 1) * nbytes].copy_(src[peer * nbytes:(peer + 1) * nbytes])
+            return {peer: (peer * nbytes, nbytes) for peer in self._transport.peers}
+
+        def take(peer: int, part: torch.Tensor) -> None:
+            parts[peer] = part.view(output.dtype).view(output.shape)
+            if len(parts) == self.size():
+                _sum_in_rank_order([parts[r] for r in range(self.size())], output)
+
+        pending = self.post(fill, input.numel() * input.element_size(), take,
+                            {peer: nbytes for peer in self._transport.peers})
+        return _PostedWork(self._transport, pending, output)
 
     def all_gather_single_coalesced(self, outputs, inputs, opts=None):
         return _last(self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs, strict=True))
@@ -222,6 +257,13 @@ def _last(works) -> dist.Work:
     for work in works[:-1]:
         work.wait()
     return works[-1]
+
+
+def _sum_in_rank_order(parts: list[torch.Tensor], out: torch.Tensor) -> None:
+    """``out`` = parts[0] + parts[1] + ..., added in that order (``out`` may not alias any part)."""
+    torch.add(parts[0], parts[1], out=out)
+    for part in parts[2:]:
+        out += part
 
 
 def _shm_eligible(*tensors: torch.Tensor) -> bool:

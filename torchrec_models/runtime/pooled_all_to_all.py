@@ -222,6 +222,9 @@ def install(model: nn.Module, choice: str) -> int:
 
 
 def describe(model: nn.Module) -> str:
-    """Which all-to-all carries ``model``'s pooled embeddings, for the run's summary."""
-    dists = [getattr(m, "_dist", None) for m in _output_dists(model)]
-    return "shm_direct" if any(isinstance(d, ShmPooledAllToAll) for d in dists) else "torchrec"
+    """Which all-to-all carries ``model``'s pooled embeddings, for the run's summary: "none" when
+    no table is table-wise or column-wise (row-wise tables reduce-scatter instead)."""
+    dists = [m for m in _output_dists(model) if isinstance(m, TwPooledEmbeddingDist)]
+    if any(isinstance(d._dist, ShmPooledAllToAll) for d in dists):
+        return "shm_direct"
+    return "torchrec" if dists else "none"
