@@ -27,7 +27,7 @@ _LIVE: "weakref.WeakSet[LocalShmGroup]" = weakref.WeakSet()
 
 
 class _PostedWork(dist.Work):
-    """An all-to-all whose peers' parts are copied out on ``wait``."""
+    """A collective whose peers' parts are copied out on ``wait``."""
 
     def __init__(self, transport: shm_transport.ShmTransport, pending: shm_transport.Pending,
                  output: torch.Tensor) -> None:
