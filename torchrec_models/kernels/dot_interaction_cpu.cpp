@@ -74,6 +74,7 @@ struct Vectors {
   const T* dense;   // [B, D], row stride dense_stride
   const T* sparse;  // [B, F, D], strides sparse_b, sparse_f
   const int64_t* order;  // vector n >= 1 is sparse feature order[n - 1]
+  const int64_t* slot;   // sparse feature f is vector slot[f] (order's inverse)
   int64_t dense_stride, sparse_b, sparse_f, N, D;
 
   int64_t feature(int64_t n) const { return order[n - 1]; }
@@ -98,9 +99,13 @@ struct Scratch {
       : Np(padded(N)), Dp(padded(D)), rows((N + kRows) * Dp, 0.0f), cols(D * Np + kRows, 0.0f),
         sums(kRows * std::max(Np, Dp)), coefs(N * kGradRows) {}
 
+  // Reads the features in their stored order (one forward stream through memory), each into its
+  // vector's row.
   template <typename T>
   void read(const Vectors<T>& x, int64_t b, bool columns) {
-    for (int64_t n = 0; n < x.N; ++n) load_row(x.row(b, n), rows.data() + n * Dp, x.D);
+    load_row(x.row(b, 0), rows.data(), x.D);
+    for (int64_t f = 0; f + 1 < x.N; ++f)
+      load_row(x.sparse + b * x.sparse_b + f * x.sparse_f, rows.data() + x.slot[f] * Dp, x.D);
     if (!columns) return;
     for (int64_t n = 0; n < x.N; ++n)
       for (int64_t d = 0; d < x.D; ++d) cols[d * Np + n] = rows[n * Dp + d];
@@ -382,9 +387,10 @@ struct ColumnRegister {
 
 // Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of g(i, j) x_j (j ascending, one fused
 // multiply-add each; the diagonal's zero adds nothing), on top of `start` for vector 0 (its
-// pass-through gradient), into s.sums: one column register at a time, for rows of any width. The
-// coefficients are read once for all column registers.
-void gradient_columns(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N) {
+// pass-through gradient), into out's rows 0 .. kGradRows - 1: one column register at a time, for
+// rows of any width. The coefficients are read once for all column registers.
+void gradient_columns(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
+                      float* out) {
   using C = ColumnRegister;
   const int64_t Dp = s.Dp;
   const float* rows = s.rows.data();
@@ -398,7 +404,7 @@ void gradient_columns(Scratch& s, const std::vector<float>& pair_grad, const flo
       const C::R xj = C::load(rows + j * Dp + c);
       for (int r = 0; r < kGradRows; ++r) acc[r] = C::fma(coefs[j * kGradRows + r], xj, acc[r]);
     }
-    for (int r = 0; r < kGradRows; ++r) C::store(s.sums.data() + r * Dp + c, acc[r]);
+    for (int r = 0; r < kGradRows; ++r) C::store(out + r * Dp + c, acc[r]);
   }
 }
 
@@ -429,21 +435,20 @@ void gradient_block(const float* rows, const float* pair_grad, const float* star
 }
 
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
-                   int64_t) {
+                   int64_t, float* out) {
   const float* rows = s.rows.data();
-  float* sums = s.sums.data();
   switch (s.Dp / 16) {
-    case 1: return gradient_block<1>(rows, pair_grad.data(), start, i0, N, sums);
-    case 2: return gradient_block<2>(rows, pair_grad.data(), start, i0, N, sums);
-    case 3: return gradient_block<3>(rows, pair_grad.data(), start, i0, N, sums);
-    case 4: return gradient_block<4>(rows, pair_grad.data(), start, i0, N, sums);
-    default: return gradient_columns(s, pair_grad, start, i0, N);
+    case 1: return gradient_block<1>(rows, pair_grad.data(), start, i0, N, out);
+    case 2: return gradient_block<2>(rows, pair_grad.data(), start, i0, N, out);
+    case 3: return gradient_block<3>(rows, pair_grad.data(), start, i0, N, out);
+    case 4: return gradient_block<4>(rows, pair_grad.data(), start, i0, N, out);
+    default: return gradient_columns(s, pair_grad, start, i0, N, out);
   }
 }
 #else
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
-                   int64_t) {
-  gradient_columns(s, pair_grad, start, i0, N);
+                   int64_t, float* out) {
+  gradient_columns(s, pair_grad, start, i0, N, out);
 }
 #endif
 #else
@@ -459,9 +464,10 @@ void pair_gradient(const T* dots_grad, int64_t N, std::vector<float>& triangle, 
 }
 
 // Gradients of vectors i0 .. i0 + kGradRows - 1: sum over j of pair_grad[i, j] x_j (j ascending; the
-// diagonal's zero adds nothing), on top of `start` for vector 0 (its pass-through gradient).
+// diagonal's zero adds nothing), on top of `start` for vector 0 (its pass-through gradient), into
+// out's rows 0 .. kGradRows - 1.
 void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float* start, int64_t i0, int64_t N,
-                   int64_t D) {
+                   int64_t D, float* out) {
   const int64_t Dp = s.Dp;
   for (int64_t c = 0; c < D; c += kLanes) {
     Lanes sum[kGradRows] = {};
@@ -470,7 +476,7 @@ void gradient_pass(Scratch& s, const std::vector<float>& pair_grad, const float*
       const Lanes xj = lanes_at(s.rows.data() + j * Dp + c);
       for (int64_t r = 0; r < kGradRows; ++r) sum[r] += pair_grad[(i0 + r) * N + j] * xj;
     }
-    for (int64_t r = 0; r < kGradRows; ++r) std::memcpy(s.sums.data() + r * Dp + c, &sum[r], sizeof(Lanes));
+    for (int64_t r = 0; r < kGradRows; ++r) std::memcpy(out + r * Dp + c, &sum[r], sizeof(Lanes));
   }
 }
 #endif
@@ -481,17 +487,20 @@ void backward_examples(const Vectors<T>& x, const T* grad, int64_t grad_stride, 
   const int64_t N = x.N, D = x.D, F = N - 1;
   Scratch s(N, D);
   std::vector<float> pair_grad((N + kGradRows) * N, 0.0f), triangle(N * (N - 1) / 2), passthrough(s.Dp, 0.0f);
+  std::vector<float> grads((N + kGradRows) * s.Dp);  // every vector's gradient, a pass's spare rows past N
   for (int64_t b = begin; b < end; ++b) {
     s.read(x, b, /*columns=*/false);
     const T* g = grad + b * grad_stride;
     load_row(g, passthrough.data(), D);
     pair_gradient(g + D, N, triangle, pair_grad);
+    // each feature's gradient is written once it and every feature stored before it are done: one
+    // forward stream through memory whatever the order, each row written soon after its pass
+    int64_t next = 0;
     for (int64_t i0 = 0; i0 < N; i0 += kGradRows) {
-      gradient_pass(s, pair_grad, passthrough.data(), i0, N, D);
-      for (int64_t i = i0; i < std::min(i0 + kGradRows, N); ++i) {
-        T* dst = i == 0 ? grad_dense + b * D : grad_sparse + (b * F + x.feature(i)) * D;
-        store_row(s.sums.data() + (i - i0) * s.Dp, dst, D);
-      }
+      gradient_pass(s, pair_grad, passthrough.data(), i0, N, D, grads.data() + i0 * s.Dp);
+      if (i0 == 0) store_row(grads.data(), grad_dense + b * D, D);
+      for (; next < F && x.slot[next] < i0 + kGradRows; ++next)
+        store_row(grads.data() + x.slot[next] * s.Dp, grad_sparse + (b * F + next) * D, D);
     }
   }
 }
@@ -524,10 +533,18 @@ at::Tensor feature_order(const std::optional<at::Tensor>& order, const at::Tenso
   return at::arange(sparse.size(1), sparse.options().dtype(at::kLong));
 }
 
+// Which vector each stored feature is: slot[order[n - 1]] = n.
+std::vector<int64_t> vector_slots(const at::Tensor& order) {
+  std::vector<int64_t> slot(order.size(0));
+  for (int64_t n = 1; n <= order.size(0); ++n) slot[order.data_ptr<int64_t>()[n - 1]] = n;
+  return slot;
+}
+
 template <typename T>
-Vectors<T> vectors(const at::Tensor& dense, const at::Tensor& sparse, const at::Tensor& order) {
-  return Vectors<T>{dense.data_ptr<T>(), sparse.data_ptr<T>(), order.data_ptr<int64_t>(), dense.stride(0),
-                    sparse.stride(0), sparse.stride(1), sparse.size(1) + 1, dense.size(1)};
+Vectors<T> vectors(const at::Tensor& dense, const at::Tensor& sparse, const at::Tensor& order,
+                   const std::vector<int64_t>& slot) {
+  return Vectors<T>{dense.data_ptr<T>(), sparse.data_ptr<T>(), order.data_ptr<int64_t>(), slot.data(),
+                    dense.stride(0), sparse.stride(0), sparse.stride(1), sparse.size(1) + 1, dense.size(1)};
 }
 
 at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sparse,
@@ -536,8 +553,9 @@ at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sp
   check_inputs(dense, sparse, ord);
   const int64_t B = dense.size(0), D = dense.size(1), N = sparse.size(1) + 1;
   at::Tensor out = at::empty({B, D + N * (N - 1) / 2}, dense.options());
+  const std::vector<int64_t> slot = vector_slots(ord);
   AT_DISPATCH_SWITCH(dense.scalar_type(), "dot_interaction_forward", AT_DISPATCH_CASE_FP32_BF16([&] {
-    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord);
+    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord, slot);
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
       forward_examples(x, dst, out.stride(0), begin, end);
@@ -558,8 +576,9 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward(const at::Tensor& gr
   const at::Tensor grad = grad_out.to(dense.scalar_type()).contiguous();
   at::Tensor grad_dense = at::empty({B, D}, dense.options());
   at::Tensor grad_sparse = at::empty({B, N - 1, D}, dense.options());
+  const std::vector<int64_t> slot = vector_slots(ord);
   AT_DISPATCH_SWITCH(dense.scalar_type(), "dot_interaction_backward", AT_DISPATCH_CASE_FP32_BF16([&] {
-    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord);
+    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord, slot);
     at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
       backward_examples(x, grad.data_ptr<scalar_t>(), grad.stride(0), grad_dense.data_ptr<scalar_t>(),
                         grad_sparse.data_ptr<scalar_t>(), begin, end);
