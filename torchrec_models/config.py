@@ -199,7 +199,7 @@ class ShardingConfig:
     ddr_gb: float = 0.0  # per-host memory cap; 0 = the planner's default
     cache_load_factor: float = 0.2  # fused_uvm_caching: fraction of each table's rows cached in HBM
     qcomm: str = "none"  # precision of the embedding all-to-all / reduce-scatter: none, fp16, bf16
-    cpu_transport: str = "auto"  # CPU ranks' all-to-all and all-reduce: auto (shm on one host), shm, gloo
+    cpu_transport: str = "auto"  # CPU ranks' per-step collectives: auto (shm on one host), shm, gloo
     cpu_pooled_all_to_all: str = "auto"  # pooled embeddings over shm: auto (moved in the step's layouts), torchrec
     cpu_balance: bool = False  # CPU ranks take shares of each global batch in proportion to their pace
     cpu_balance_every: int = 4  # steps between share updates
