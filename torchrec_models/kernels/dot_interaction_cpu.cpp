@@ -73,15 +73,11 @@ template <typename T>
 struct Vectors {
   const T* dense;   // [B, D], row stride dense_stride
   const T* sparse;  // [B, F, D], strides sparse_b, sparse_f
-  const int64_t* order;  // vector n >= 1 is sparse feature order[n - 1]
-  const int64_t* slot;   // sparse feature f is vector slot[f] (order's inverse)
+  const int64_t* slot;   // sparse feature f is vector slot[f] (vector 0 is the dense one)
   int64_t dense_stride, sparse_b, sparse_f, N, D;
 
-  int64_t feature(int64_t n) const { return order[n - 1]; }
-
-  const T* row(int64_t b, int64_t n) const {
-    return n == 0 ? dense + b * dense_stride : sparse + b * sparse_b + feature(n) * sparse_f;
-  }
+  const T* dense_row(int64_t b) const { return dense + b * dense_stride; }
+  const T* sparse_row(int64_t b, int64_t f) const { return sparse + b * sparse_b + f * sparse_f; }
 };
 
 // Vectors handled together: independent sums per block keep the adder busy (one sum alone waits
@@ -103,9 +99,8 @@ struct Scratch {
   // vector's row.
   template <typename T>
   void read(const Vectors<T>& x, int64_t b, bool columns) {
-    load_row(x.row(b, 0), rows.data(), x.D);
-    for (int64_t f = 0; f + 1 < x.N; ++f)
-      load_row(x.sparse + b * x.sparse_b + f * x.sparse_f, rows.data() + x.slot[f] * Dp, x.D);
+    load_row(x.dense_row(b), rows.data(), x.D);
+    for (int64_t f = 0; f + 1 < x.N; ++f) load_row(x.sparse_row(b, f), rows.data() + x.slot[f] * Dp, x.D);
     if (!columns) return;
     for (int64_t n = 0; n < x.N; ++n)
       for (int64_t d = 0; d < x.D; ++d) cols[d * Np + n] = rows[n * Dp + d];
@@ -284,7 +279,7 @@ void forward_examples_of_width(const Vectors<T>& x, T* out, int64_t out_stride, 
   for (int64_t b = begin; b < end; ++b) {
     s.read(x, b, /*columns=*/false);
     T* dst = out + b * out_stride;
-    std::memcpy(dst, x.row(b, 0), D * sizeof(T));
+    std::memcpy(dst, x.dense_row(b), D * sizeof(T));
     for (int64_t p0 = 0; p0 < P; p0 += 16) {
       const int64_t n = std::min<int64_t>(16, P - p0);
       const V16 sums = DotsChunk<kChunks>{s.rows.data(), pairs, p0, n, s.Dp / 16}.run();
@@ -340,7 +335,7 @@ void forward_examples(const Vectors<T>& x, T* out, int64_t out_stride, int64_t b
   for (int64_t b = begin; b < end; ++b) {
     s.read(x, b, /*columns=*/true);
     T* dst = out + b * out_stride;
-    std::memcpy(dst, x.row(b, 0), D * sizeof(T));
+    std::memcpy(dst, x.dense_row(b), D * sizeof(T));
     for (int64_t i0 = 0; i0 + 1 < N; i0 += kDotRows) {
       dots_pass(s, i0, (i0 + 1) / kLanes * kLanes, D);
       for (int64_t i = i0; i < std::min(i0 + kDotRows, N - 1); ++i)
@@ -541,10 +536,9 @@ std::vector<int64_t> vector_slots(const at::Tensor& order) {
 }
 
 template <typename T>
-Vectors<T> vectors(const at::Tensor& dense, const at::Tensor& sparse, const at::Tensor& order,
-                   const std::vector<int64_t>& slot) {
-  return Vectors<T>{dense.data_ptr<T>(), sparse.data_ptr<T>(), order.data_ptr<int64_t>(), slot.data(),
-                    dense.stride(0), sparse.stride(0), sparse.stride(1), sparse.size(1) + 1, dense.size(1)};
+Vectors<T> vectors(const at::Tensor& dense, const at::Tensor& sparse, const std::vector<int64_t>& slot) {
+  return Vectors<T>{dense.data_ptr<T>(), sparse.data_ptr<T>(), slot.data(), dense.stride(0), sparse.stride(0),
+                    sparse.stride(1), sparse.size(1) + 1, dense.size(1)};
 }
 
 at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sparse,
@@ -555,7 +549,7 @@ at::Tensor dot_interaction_forward(const at::Tensor& dense, const at::Tensor& sp
   at::Tensor out = at::empty({B, D + N * (N - 1) / 2}, dense.options());
   const std::vector<int64_t> slot = vector_slots(ord);
   AT_DISPATCH_SWITCH(dense.scalar_type(), "dot_interaction_forward", AT_DISPATCH_CASE_FP32_BF16([&] {
-    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord, slot);
+    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, slot);
     scalar_t* dst = out.data_ptr<scalar_t>();
     at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
       forward_examples(x, dst, out.stride(0), begin, end);
@@ -578,7 +572,7 @@ std::tuple<at::Tensor, at::Tensor> dot_interaction_backward(const at::Tensor& gr
   at::Tensor grad_sparse = at::empty({B, N - 1, D}, dense.options());
   const std::vector<int64_t> slot = vector_slots(ord);
   AT_DISPATCH_SWITCH(dense.scalar_type(), "dot_interaction_backward", AT_DISPATCH_CASE_FP32_BF16([&] {
-    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, ord, slot);
+    const Vectors<scalar_t> x = vectors<scalar_t>(dense, sparse, slot);
     at::parallel_for(0, B, kGrain, [&](int64_t begin, int64_t end) {
       backward_examples(x, grad.data_ptr<scalar_t>(), grad.stride(0), grad_dense.data_ptr<scalar_t>(),
                         grad_sparse.data_ptr<scalar_t>(), begin, end);

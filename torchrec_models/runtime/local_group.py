@@ -10,6 +10,7 @@ every sum is the one gloo produces.
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 from datetime import timedelta
 from typing import Callable
@@ -98,8 +99,8 @@ class LocalShmGroup(dist.ProcessGroup):
         out_row = _row_bytes(output)
         in_row = _row_bytes(input)
         src, dst = _as_bytes(input), _as_bytes(output)
-        in_starts = _starts(in_rows, in_row)
-        out_starts = _starts(out_rows, out_row)
+        in_starts = starts(in_rows, in_row)
+        out_starts = starts(out_rows, out_row)
         rank = self.rank()
 
         def fill(slot: torch.Tensor) -> dict[int, tuple[int, int]]:
@@ -141,9 +142,7 @@ class LocalShmGroup(dist.ProcessGroup):
                 tensor.add_(views[peer])
                 return
             total = self._scratch(tensor)
-            total.copy_(views[0])
-            for r in range(1, self.size()):
-                total += views[r]
+            _sum_in_rank_order([views[r] for r in range(self.size())], total)
             tensor.copy_(total)
 
         pending = self.post(fill, nbytes, take, {peer: nbytes for peer in self._transport.peers})
@@ -275,12 +274,9 @@ def _row_bytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size() // max(rows, 1)
 
 
-def _starts(rows: list[int], row_bytes: int) -> list[int]:
-    starts, at = [], 0
-    for n in rows:
-        starts.append(at)
-        at += n * row_bytes
-    return starts
+def starts(sizes: list[int], unit: int = 1) -> list[int]:
+    """Where each of consecutive blocks of ``sizes`` (times ``unit``) begins."""
+    return [unit * at for at in itertools.accumulate([0, *sizes[:-1]])] if sizes else []
 
 
 def _create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> LocalShmGroup:

@@ -23,7 +23,7 @@ from torchrec.distributed.embedding_sharding import EmbeddingShardingContext
 from torchrec.distributed.sharding.tw_sharding import TwPooledEmbeddingDist
 from torchrec.distributed.types import Awaitable
 
-from torchrec_models.runtime.local_group import LocalShmGroup
+from torchrec_models.runtime.local_group import LocalShmGroup, starts
 
 
 class _Layout:
@@ -34,22 +34,14 @@ class _Layout:
         self.rank = rank
         self.dims = list(dim_sum_per_rank)
         self.batches = list(batch_size_per_rank)
-        self.col_starts = _starts(self.dims)
-        self.row_starts = _starts(self.batches)
+        self.col_starts = starts(self.dims)
+        self.row_starts = starts(self.batches)
 
     def columns(self, matrix: torch.Tensor, rank: int) -> torch.Tensor:
         return matrix[:, self.col_starts[rank]:self.col_starts[rank] + self.dims[rank]]
 
     def rows(self, matrix: torch.Tensor, rank: int) -> torch.Tensor:
         return matrix[self.row_starts[rank]:self.row_starts[rank] + self.batches[rank]]
-
-
-def _starts(sizes: list[int]) -> list[int]:
-    starts, at = [], 0
-    for size in sizes:
-        starts.append(at)
-        at += size
-    return starts
 
 
 def _as_matrix(part: torch.Tensor, dtype: torch.dtype, rows: int, cols: int) -> torch.Tensor:
@@ -104,12 +96,11 @@ class _Request(Awaitable[torch.Tensor]):
         mine = lay.batches[lay.rank]
         grad_pooled = grad.new_empty(sum(lay.batches), lay.dims[lay.rank])
         self._store(lay.rows(grad_pooled, lay.rank), lay.columns(grad, lay.rank))
-        col_offsets = {peer: sum(mine * lay.dims[p] for p in range(peer)) for peer in self.group.peers()}
 
         def fill(slot: torch.Tensor) -> dict[int, tuple[int, int]]:
             parts = {}
             for peer in self.group.peers():
-                start = col_offsets[peer] * grad.element_size()
+                start = mine * lay.col_starts[peer] * grad.element_size()  # blocks in rank order
                 length = mine * lay.dims[peer] * grad.element_size()
                 _as_matrix(slot[start:start + length], grad.dtype, mine, lay.dims[peer]).copy_(
                     lay.columns(grad, peer))
