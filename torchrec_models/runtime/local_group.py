@@ -224,8 +224,7 @@ class LocalShmGroup(dist.ProcessGroup):
             if len(parts) == self.size():
                 _sum_in_rank_order([parts[r] for r in range(self.size())], output)
 
-        pending = self.post(fill, input.numel() * input.element_size(), take,
-                            {peer: nbytes for peer in self._transport.peers})
+        pending = self.post(fill, src.numel(), take, {peer: nbytes for peer in self._transport.peers})
         return _PostedWork(self._transport, pending, output)
 
     def all_gather_single_coalesced(self, outputs, inputs, opts=None):

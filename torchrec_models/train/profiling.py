@@ -61,17 +61,14 @@ class StepProfiler:
         self._profile, self.done = None, True
 
 
-
 def page_faults() -> int:
     """Minor page faults of this process so far (fresh memory touched for the first time)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def fault_note(faults_during: int, profiled: int) -> str:
-    """A line on the profiled steps' page faults. The profiler's own allocations can keep a step's
-    large freed buffers from being reused (a warmed-up CPU step reuses them and faults about
-    never, see train.cpu_keep_freed_memory); each fresh page then faults in, and the ops that write
-    those buffers read slower in the profile than in a run."""
+    """A line on the profiled steps' page faults (module docstring; train.cpu_keep_freed_memory is
+    what makes an unprofiled step fault about never)."""
     per_step = faults_during / profiled
     note = f"page faults: {per_step:,.0f} a step while profiled"
     if per_step > FAULTS_WORTH_A_NOTE:
